@@ -1,0 +1,97 @@
+//! Map names, sizes, keys and values. Addresses are stored in network byte order
+//! (as they appear in packets) so the datapath compares them without swapping.
+
+/// Datapath configuration of this node: one entry at index 0.
+pub const MAP_CONFIG: &str = "OV_CONFIG";
+/// (VNI, IPv4) of every endpoint in the cluster -> where it is.
+pub const MAP_ENDPOINTS: &str = "OV_ENDPOINTS";
+/// VNI -> network (decap accepts only known VNIs).
+pub const MAP_NETWORKS: &str = "OV_NETWORKS";
+/// Host-side veth ifindex -> the local endpoint behind it.
+pub const MAP_LOCAL_IFACES: &str = "OV_LOCAL_IFACES";
+/// Per-CPU drop counters indexed by `DropReason`.
+pub const MAP_DROPS: &str = "OV_DROPS";
+/// Per-CPU forward counters indexed by `FwdCounter`.
+pub const MAP_FWD: &str = "OV_FWD";
+
+pub const ALL_MAPS: [&str; 6] = [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_DROPS, MAP_FWD];
+
+pub const MAX_ENDPOINTS: u32 = 131_072;
+pub const MAX_NETWORKS: u32 = 4_096;
+pub const MAX_LOCAL_IFACES: u32 = 4_096;
+
+/// Program names as compiled into the object.
+pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
+pub const PROG_UNDERLAY_XDP: &str = "ov_underlay_xdp";
+pub const PROG_UNDERLAY_TC: &str = "ov_underlay_tc";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Config {
+    /// This node's VTEP address (network order).
+    pub node_ip: u32,
+    /// ifindex of the underlay interface holding `node_ip`.
+    pub underlay_ifindex: u32,
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u32,
+    /// VXLAN UDP destination port (host order).
+    pub vxlan_port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EndpointKey {
+    /// VXLAN network identifier (host order).
+    pub vni: u32,
+    /// Endpoint IPv4 address (network order).
+    pub ip: u32,
+}
+
+/// `EndpointInfo::flags`: the endpoint lives on this node.
+pub const EP_LOCAL: u16 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EndpointInfo {
+    pub mac: [u8; 6],
+    pub flags: u16,
+    /// Local endpoints: ifindex of the host-side veth. Remote: 0.
+    pub ifindex: u32,
+    /// Remote endpoints: VTEP address of their node (network order). Local: 0.
+    pub vtep: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NetworkInfo {
+    /// MTU of the overlay network (inner frames).
+    pub mtu: u32,
+    pub _reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LocalIface {
+    pub vni: u32,
+    /// The endpoint's own IPv4 (network order): the only source address it may use.
+    pub ip: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) with explicit padding; bytemuck's derive proves it.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for NetworkInfo {}
+    unsafe impl aya::Pod for LocalIface {}
+}

@@ -1,0 +1,159 @@
+//! Underlay side: recognise VXLAN addressed to this VTEP, check it, and hand the inner
+//! frame to the local container. Anything that is not ours passes to the host untouched.
+
+use aya_ebpf::{
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
+    programs::{TcContext, XdpContext},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use overlay_common::{
+    maps::{Config, EndpointKey, EP_LOCAL},
+    stats::{DropReason, FwdCounter},
+    vxlan::FLAG_I,
+};
+
+use crate::{
+    encap::ensure_linear,
+    maps::{config, OV_ENDPOINTS, OV_NETWORKS},
+    parse::*,
+    stats,
+};
+
+const OUTER_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + VXLAN_LEN;
+const INNER_ETH: usize = OUTER_LEN;
+const INNER_IP: usize = OUTER_LEN + ETH_LEN;
+/// Bytes a TC program needs linear to classify: both headers stacks.
+const NEED_LINEAR: usize = INNER_IP + IPV4_LEN;
+
+pub enum Verdict {
+    /// Not ours: hand to the host stack untouched.
+    Pass,
+    /// Ours and valid: strip the outer headers and deliver to this host-side veth.
+    Decap { ifindex: u32 },
+}
+
+/// Decide what an underlay frame is. Frames too short or too odd to be identified as VXLAN to
+/// our address and port pass (the host stack owns them); once they are identified as ours,
+/// every defect is a counted drop.
+#[inline(always)]
+pub fn classify(pkt: &Packet, cfg: &Config) -> Result<Verdict, DropReason> {
+    let Some(eth) = pkt.at::<EthHdr>(0) else { return Ok(Verdict::Pass) };
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Ok(Verdict::Pass);
+    }
+    let Some(ip) = pkt.at::<Ipv4Hdr>(ETH_LEN) else { return Ok(Verdict::Pass) };
+    // SAFETY: bounds-checked above.
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_UDP || u32::from_ne_bytes(ip.dst_addr) != cfg.node_ip || ip.vihl >> 4 != 4 {
+        return Ok(Verdict::Pass);
+    }
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Err(DropReason::BadIpHeaderLen);
+    }
+    let frags = be16(ip.frags);
+    if frags & IP_OFFSET != 0 {
+        // A non-first fragment carries no UDP header: it cannot be told apart from the host's own.
+        return Ok(Verdict::Pass);
+    }
+    if ihl > 5 {
+        let off = ETH_LEN + ((ihl * 4) & 0x3c);
+        if let Some(udp) = pkt.at::<UdpHdr>(off) {
+            if be16(unsafe { (*udp).dst }) == cfg.vxlan_port {
+                return Err(DropReason::OuterIpOptions);
+            }
+        }
+        return Ok(Verdict::Pass);
+    }
+    let Some(udp) = pkt.at::<UdpHdr>(ETH_LEN + IPV4_LEN) else { return Ok(Verdict::Pass) };
+    let udp = unsafe { &*udp };
+    if be16(udp.dst) != cfg.vxlan_port {
+        return Ok(Verdict::Pass);
+    }
+    // From here on the frame is VXLAN to us.
+    if frags & IP_MF != 0 {
+        return Err(DropReason::OuterFragment);
+    }
+    let tot_len = be16(ip.tot_len) as usize;
+    if tot_len < IPV4_LEN + UDP_LEN || ETH_LEN + tot_len > pkt.len() || be16(udp.len) as usize != tot_len - IPV4_LEN {
+        return Err(DropReason::BadLength);
+    }
+    let vx: *const [u8; VXLAN_LEN] = pkt.at(ETH_LEN + IPV4_LEN + UDP_LEN).ok_or(DropReason::Truncated)?;
+    let vx = unsafe { *vx };
+    if vx[0] & FLAG_I == 0 {
+        return Err(DropReason::VxlanNoIFlag);
+    }
+    let vni = (vx[4] as u32) << 16 | (vx[5] as u32) << 8 | vx[6] as u32;
+    if unsafe { OV_NETWORKS.get(&vni) }.is_none() {
+        return Err(DropReason::UnknownVni);
+    }
+    let inner: *const EthHdr = pkt.at(INNER_ETH).ok_or(DropReason::Truncated)?;
+    match u16::from_be(unsafe { (*inner).ether_type }) {
+        ETH_P_IP => {}
+        ETH_P_8021Q | ETH_P_8021AD => return Err(DropReason::InnerVlan),
+        _ => return Err(DropReason::InnerNotIpv4),
+    }
+    let iip: *const Ipv4Hdr = pkt.at(INNER_IP).ok_or(DropReason::Truncated)?;
+    let iip = unsafe { &*iip };
+    if iip.vihl & 0x0f < 5 {
+        return Err(DropReason::BadIpHeaderLen);
+    }
+    let key = EndpointKey { vni, ip: u32::from_ne_bytes(iip.dst_addr) };
+    match unsafe { OV_ENDPOINTS.get(&key) } {
+        Some(ep) if ep.flags & EP_LOCAL != 0 => Ok(Verdict::Decap { ifindex: ep.ifindex }),
+        _ => Err(DropReason::DecapNotLocal),
+    }
+}
+
+#[inline(always)]
+pub fn underlay_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
+    // Without configuration nothing is ours: never get in the host's way.
+    let Some(cfg) = config() else {
+        stats::fwd(FwdCounter::PassHost);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let cfg = *cfg;
+    match classify(&Packet::new(ctx.data(), ctx.data_end()), &cfg)? {
+        Verdict::Pass => {
+            stats::fwd(FwdCounter::PassHost);
+            Ok(xdp_action::XDP_PASS)
+        }
+        Verdict::Decap { ifindex } => {
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
+                return Err(DropReason::HelperFailed);
+            }
+            stats::fwd(FwdCounter::Decap);
+            Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+        }
+    }
+}
+
+#[inline(always)]
+pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = config() else {
+        stats::fwd(FwdCounter::PassHost);
+        return Ok(TC_ACT_OK as i32);
+    };
+    let cfg = *cfg;
+    ensure_linear(ctx, NEED_LINEAR)?;
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    match classify(&pkt, &cfg)? {
+        Verdict::Pass => {
+            stats::fwd(FwdCounter::PassHost);
+            Ok(TC_ACT_OK as i32)
+        }
+        Verdict::Decap { ifindex } => {
+            let inner: [u8; ETH_LEN] = unsafe { *pkt.at::<[u8; ETH_LEN]>(INNER_ETH).ok_or(DropReason::Truncated)? };
+            // Removes outer IPv4/UDP/VXLAN and the inner Ethernet header that follow the outer
+            // Ethernet header; the inner Ethernet header is then written over the outer one.
+            ctx.adjust_room(-(OUTER_LEN as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
+                .map_err(|_| DropReason::HelperFailed)?;
+            let pkt = Packet::new(ctx.data(), ctx.data_end());
+            let eth: *mut [u8; ETH_LEN] = pkt.at(0).ok_or(DropReason::HelperFailed)?;
+            unsafe { *eth = inner };
+            stats::fwd(FwdCounter::Decap);
+            Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Kernel programs of the overlay. Entry points are thin: each calls a stage function that
+//! returns `Result<action, DropReason>`, and every `Err` is counted before the packet is dropped.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod decap;
+mod encap;
+mod maps;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// TC ingress on the host end of a container's veth: everything the container sends.
+#[classifier]
+pub fn ov_from_container(ctx: TcContext) -> i32 {
+    match encap::from_container(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// XDP on the underlay interface: decapsulate our VXLAN, pass everything else.
+#[xdp]
+pub fn ov_underlay_xdp(ctx: XdpContext) -> u32 {
+    match decap::underlay_xdp(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// The same decapsulation as a TC ingress program (for devices where XDP costs more).
+#[classifier]
+pub fn ov_underlay_tc(ctx: TcContext) -> i32 {
+    match decap::underlay_tc(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
