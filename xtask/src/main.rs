@@ -1,0 +1,133 @@
+//! Project tasks: `cargo xtask build-ebpf | build | test | demo | bench`.
+//! Everything a task needs (toolchain pieces, packages, bpffs) is installed here, so a fresh
+//! machine runs the README's commands with nothing done by hand.
+
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel programs (installs rust-src and bpf-linker if missing).
+    BuildEbpf,
+    /// Build the kernel programs and the `overlay` binary (release).
+    Build,
+    /// Run every test: unit, BPF_PROG_TEST_RUN and end-to-end (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, for example).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Bring up a three-node cluster in namespaces, show connectivity and counters, tear down.
+    Demo {
+        /// Leave the cluster up and print how to look around.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measure the datapath against the kernel path it replaces (see README, Performance).
+    Bench {
+        /// A short run (under two minutes) that proves the harness works.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::BuildEbpf => build_ebpf(&root).map(|_| ()),
+        Cmd::Build => build(&root),
+        Cmd::Test { args } => test(&root, &args),
+        Cmd::Demo { keep } => {
+            build(&root)?;
+            let mut c = cargo(&root);
+            c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "demo", "--"]);
+            if keep {
+                c.arg("--keep");
+            }
+            run(&mut c)
+        }
+        Cmd::Bench { quick } => {
+            build(&root)?;
+            toolchain::ensure_packages(&["iperf3"])?;
+            let mut c = cargo(&root);
+            c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "bench", "--"]);
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Where the built object goes; overlay-user's build script embeds it from here.
+pub fn bpf_object(root: &Path) -> PathBuf {
+    root.join("target/bpf/overlay.bpf.o")
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root);
+    c
+}
+
+fn run(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    let tools = toolchain::ensure_ebpf_toolchain()?;
+    let dir = root.join("overlay-ebpf");
+    let path = format!("{}:{}", tools.bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut c = Command::new("cargo");
+    c.current_dir(&dir)
+        .env("PATH", &path)
+        // The outer cargo's variables would point the inner build at the stable toolchain.
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .args(["+nightly", "build", "--release"]);
+    run(&mut c)?;
+    let built = dir.join("target/bpfel-unknown-none/release/overlay");
+    let out = bpf_object(root);
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    Ok(out)
+}
+
+fn build(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    run(cargo(root).args(["build", "--release", "--quiet", "-p", "overlay-user", "-p", "overlay-tests"]))
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    toolchain::ensure_packages(&["iproute2", "iputils-ping", "bpftool"])?;
+    build(root)?;
+    let mut c = cargo(root);
+    c.args(["test", "--release", "--workspace", "--no-fail-fast"]);
+    // End-to-end tests each build a whole cluster; two cores run them best one at a time.
+    c.args(args).args(["--", "--test-threads=1"]);
+    run(&mut c)
+}
