@@ -112,7 +112,8 @@ pub enum FwdCounter {
     LocalDelivery = 0,
     /// Container to a remote node, VXLAN-encapsulated.
     Encap = 1,
-    /// Encapsulation sent with kernel neighbour resolution (next hop MAC not cached yet).
+    /// Encapsulated, next hop resolved by the kernel (neighbour not cached yet, or IP
+    /// forwarding off on the underlay so the FIB helper declines).
     EncapNeighResolve = 2,
     /// VXLAN from the underlay, decapsulated to a local container.
     Decap = 3,
@@ -136,7 +137,7 @@ impl FwdCounter {
         match self {
             Self::LocalDelivery => "local-delivery",
             Self::Encap => "encap",
-            Self::EncapNeighResolve => "encap-neigh-resolve",
+            Self::EncapNeighResolve => "encap-kernel-route",
             Self::Decap => "decap",
             Self::ArpReply => "arp-reply",
             Self::PassHost => "pass-host",

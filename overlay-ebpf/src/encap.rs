@@ -5,7 +5,7 @@ use core::{ffi::c_void, mem, ptr};
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
@@ -134,11 +134,15 @@ fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Result<i3
     let rc = unsafe {
         fib_lookup(skb, &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT)
     } as u32;
+    // SUCCESS gives both MACs and the egress device: the fast path. Without a cached
+    // neighbour, or with forwarding off on the underlay (a plain host), the kernel resolves
+    // the route and the next hop itself in bpf_redirect_neigh.
     let resolve_neigh = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => false,
-        BPF_FIB_LKUP_RET_NO_NEIGH => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FWD_DISABLED => true,
         _ => return Err(DropReason::FibLookupFailed),
     };
+    let egress = if rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH { fib.ifindex } else { cfg.underlay_ifindex };
 
     let inner_eth: [u8; ETH_LEN] = unsafe { *(Packet::new(ctx.data(), ctx.data_end()).at::<[u8; ETH_LEN]>(0).ok_or(DropReason::Truncated)?) };
     let inner_len = ctx.len();
@@ -174,8 +178,8 @@ fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Result<i3
     let mut h = [0u8; OUTER_LEN + ETH_LEN];
     if !resolve_neigh {
         h[0..6].copy_from_slice(&fib.dmac);
+        h[6..12].copy_from_slice(&fib.smac);
     }
-    h[6..12].copy_from_slice(&fib.smac);
     h[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
     h[14..34].copy_from_slice(&ip);
     h[34..36].copy_from_slice(&sport.to_be_bytes());
@@ -191,8 +195,8 @@ fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Result<i3
 
     if resolve_neigh {
         stats::fwd(FwdCounter::EncapNeighResolve);
-        // The kernel resolves the next hop's MAC and fills the outer Ethernet header.
-        Ok(unsafe { bpf_redirect_neigh(fib.ifindex, ptr::null_mut(), 0, 0) } as i32)
+        // The kernel routes the outer packet and fills the outer Ethernet header.
+        Ok(unsafe { bpf_redirect_neigh(egress, ptr::null_mut(), 0, 0) } as i32)
     } else {
         stats::fwd(FwdCounter::Encap);
         Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)

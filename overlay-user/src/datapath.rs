@@ -104,7 +104,9 @@ impl Datapath {
             std::fs::create_dir_all(&maps).with_context(|| format!("creating {}", maps.display()))?;
             std::fs::create_dir_all(dir.join("links"))?;
             check_pinned_layouts(&maps)?;
-            loader.default_map_pin_directory(&maps);
+            for name in ALL_MAPS {
+                loader.map_pin_path(name, maps.join(name));
+            }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs")?;
         for name in [PROG_FROM_CONTAINER, PROG_UNDERLAY_TC] {
