@@ -35,9 +35,10 @@ pub enum Verdict {
 
 /// Decide what an underlay frame is. Frames too short or too odd to be identified as VXLAN to
 /// our address and port pass (the host stack owns them); once they are identified as ours,
-/// every defect is a counted drop.
+/// every defect is a counted drop. `frame_len` is the whole frame: for an skb it is larger
+/// than the directly readable (linear) part that `pkt` covers.
 #[inline(always)]
-pub fn classify(pkt: &Packet, cfg: &Config) -> Result<Verdict, DropReason> {
+pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict, DropReason> {
     let Some(eth) = pkt.at::<EthHdr>(0) else { return Ok(Verdict::Pass) };
     if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
         return Ok(Verdict::Pass);
@@ -76,7 +77,7 @@ pub fn classify(pkt: &Packet, cfg: &Config) -> Result<Verdict, DropReason> {
         return Err(DropReason::OuterFragment);
     }
     let tot_len = be16(ip.tot_len) as usize;
-    if tot_len < IPV4_LEN + UDP_LEN || ETH_LEN + tot_len > pkt.len() || be16(udp.len) as usize != tot_len - IPV4_LEN {
+    if tot_len < IPV4_LEN + UDP_LEN || ETH_LEN + tot_len > frame_len || be16(udp.len) as usize != tot_len - IPV4_LEN {
         return Err(DropReason::BadLength);
     }
     let vx: *const [u8; VXLAN_LEN] = pkt.at(ETH_LEN + IPV4_LEN + UDP_LEN).ok_or(DropReason::Truncated)?;
@@ -114,7 +115,8 @@ pub fn underlay_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(xdp_action::XDP_PASS);
     };
     let cfg = *cfg;
-    match classify(&Packet::new(ctx.data(), ctx.data_end()), &cfg)? {
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    match classify(&pkt, pkt.len(), &cfg)? {
         Verdict::Pass => {
             stats::fwd(FwdCounter::PassHost);
             Ok(xdp_action::XDP_PASS)
@@ -138,7 +140,7 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
     let cfg = *cfg;
     ensure_linear(ctx, NEED_LINEAR)?;
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    match classify(&pkt, &cfg)? {
+    match classify(&pkt, ctx.len() as usize, &cfg)? {
         Verdict::Pass => {
             stats::fwd(FwdCounter::PassHost);
             Ok(TC_ACT_OK as i32)

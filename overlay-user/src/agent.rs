@@ -204,6 +204,12 @@ impl Agent {
         let nl = Netlink::connect()?;
         let underlay = plumb::find_underlay(&nl, me.address).await?;
         let mode = decap.resolve(&underlay);
+        if mode == DecapMode::Xdp && underlay.is_veth {
+            warn!(
+                "XDP decapsulation on a veth underlay: checksums the sender left to offload are lost \
+                 on the XDP redirect, so TCP from such senders fails; `--decap tc` (the default here) has no such limit"
+            );
+        }
         let mut dp = Datapath::open(Some(&paths.pins))?;
         let current = dp.read_contents()?;
         let adopted = !current.endpoints.is_empty() || current.config.node_ip != 0;

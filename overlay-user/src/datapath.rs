@@ -305,7 +305,7 @@ pub struct Contents {
 /// Counter totals over all CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
-    pub drops: Vec<(String, u64)>,
+    pub dropped: Vec<(String, u64)>,
     pub forwarded: Vec<(String, u64)>,
 }
 
@@ -313,13 +313,13 @@ impl Counters {
     fn new(drops: Vec<u64>, fwd: Vec<u64>) -> Self {
         let at = |v: &Vec<u64>, i: u32| v.get(i as usize).copied().unwrap_or(0);
         Self {
-            drops: DropReason::ALL.iter().map(|r| (r.name().to_string(), at(&drops, *r as u32))).collect(),
+            dropped: DropReason::ALL.iter().map(|r| (r.name().to_string(), at(&drops, *r as u32))).collect(),
             forwarded: FwdCounter::ALL.iter().map(|c| (c.name().to_string(), at(&fwd, *c as u32))).collect(),
         }
     }
 
     pub fn drop(&self, r: DropReason) -> u64 {
-        self.drops.iter().find(|(n, _)| n == r.name()).map(|x| x.1).unwrap_or(0)
+        self.dropped.iter().find(|(n, _)| n == r.name()).map(|x| x.1).unwrap_or(0)
     }
 
     pub fn fwd(&self, c: FwdCounter) -> u64 {
@@ -342,7 +342,7 @@ impl Counters {
             s += &format!("  {n:<22} {v}\n");
         }
         s += "dropped:\n";
-        for (n, v) in &self.drops {
+        for (n, v) in &self.dropped {
             s += &format!("  {n:<22} {v}\n");
         }
         s

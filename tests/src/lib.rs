@@ -25,6 +25,15 @@ use anyhow::{bail, Context as _, Result};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static LIVE_MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn track(child: &Child) {
+    LIVE_PIDS.lock().unwrap().push(child.id());
+}
+
+fn untrack(child: &Child) {
+    LIVE_PIDS.lock().unwrap().retain(|p| *p != child.id());
+}
 static INIT: Once = Once::new();
 
 const PREFIX: &str = "ovt";
@@ -76,6 +85,11 @@ extern "C" fn on_signal(_: i32) {
 
 /// Remove every namespace and mount this process created (also used by the demo on exit).
 pub fn cleanup_all() {
+    if let Ok(mut pids) = LIVE_PIDS.try_lock() {
+        for p in pids.drain(..) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     if let Ok(mut live) = LIVE.try_lock() {
         for n in live.drain(..) {
             let _ = Command::new("ip").args(["netns", "del", &n]).status();
@@ -132,11 +146,13 @@ impl Netns {
 
     pub fn spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
         let f = std::fs::File::create(log)?;
-        Ok(Command::new("ip")
+        let child = Command::new("ip")
             .args(["netns", "exec", &self.name, "sh", "-c", &format!("exec {cmd}")])
             .stdout(f.try_clone()?)
             .stderr(f)
-            .spawn()?)
+            .spawn()?;
+        track(&child);
+        Ok(child)
     }
 }
 
@@ -266,6 +282,22 @@ pub fn docker_mac(ip: &str) -> String {
     format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
+/// `tcpx`, the TCP echo pair built alongside the tests.
+pub fn tcpx_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/tcpx")
+}
+
+/// A background process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        untrack(&self.0);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Agent {
     pub child: Child,
     pub log: PathBuf,
@@ -273,6 +305,7 @@ pub struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        untrack(&self.child);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -288,7 +321,16 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, Netns>,
     pub containers: BTreeMap<String, Netns>,
     pub agents: BTreeMap<String, Agent>,
+    pub servers: Vec<Proc>,
     pub logs: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Processes first: a namespace is not removed while something still runs in it.
+        self.servers.clear();
+        self.agents.clear();
+    }
 }
 
 impl Cluster {
@@ -316,7 +358,7 @@ impl Cluster {
             containers.insert(e.name.clone(), Netns::new(&short(&e.name))?);
         }
         let state_file = run_dir.path.join("state.toml");
-        let mut c = Self { spec, run_dir, state_file, underlay, nodes, containers, agents: BTreeMap::new(), logs };
+        let mut c = Self { spec, run_dir, state_file, underlay, nodes, containers, agents: BTreeMap::new(), servers: Vec::new(), logs };
         c.write_state(&c.render_state())?;
         for n in c.spec.nodes.clone() {
             if !n.ours {
@@ -361,16 +403,15 @@ impl Cluster {
             .stdout(f.try_clone()?)
             .stderr(f)
             .spawn()?;
+        track(&child);
         self.agents.insert(node.to_string(), Agent { child, log });
         Ok(())
     }
 
     /// SIGKILL an agent (the datapath must keep forwarding).
     pub fn kill_agent(&mut self, node: &str) {
-        if let Some(mut a) = self.agents.remove(node) {
-            let _ = a.child.kill();
-            let _ = a.child.wait();
-        }
+        // Dropping the handle sends SIGKILL and reaps it.
+        self.agents.remove(node);
     }
 
     pub fn applied_hash(&self, node: &str) -> Option<String> {
@@ -409,6 +450,29 @@ impl Cluster {
 
     pub fn ip_of(&self, ep: &str) -> String {
         self.spec.endpoints.iter().find(|e| e.name == ep).map(|e| e.ip.clone()).unwrap_or_default()
+    }
+
+    /// Start the TCP echo server (port 5001) in every container.
+    pub fn start_servers(&mut self) -> Result<()> {
+        for (name, c) in &self.containers {
+            let log = self.logs.join(format!("tcpx-{name}.log"));
+            self.servers.push(Proc(c.spawn(&format!("{} serve 5001", tcpx_bin().display()), &log)?));
+        }
+        Ok(())
+    }
+
+    /// Send `bytes` from one container to another's echo server and check every byte back.
+    pub fn tcp(&self, from: &str, to: &str, bytes: u64) -> bool {
+        self.container(from).ok(&format!("{} send {} 5001 {bytes}", tcpx_bin().display(), self.ip_of(to)))
+    }
+
+    /// Start a paced transfer in the background; `Proc.0.wait()` tells whether it survived.
+    pub fn tcp_background(&self, from: &str, to: &str, bytes: u64, seconds: f64) -> Result<Proc> {
+        let log = self.logs.join(format!("flow-{from}-{to}.log"));
+        Ok(Proc(self.container(from).spawn(
+            &format!("{} send {} 5001 {bytes} {seconds}", tcpx_bin().display(), self.ip_of(to)),
+            &log,
+        )?))
     }
 
     pub fn ping(&self, from: &str, to: &str) -> bool {

@@ -109,7 +109,7 @@ impl Bed {
 }
 
 fn total_drops(c: &Counters) -> u64 {
-    c.drops.iter().map(|x| x.1).sum()
+    c.dropped.iter().map(|x| x.1).sum()
 }
 
 /// Run `f` and check that exactly one drop was counted, under `reason`.
@@ -475,6 +475,6 @@ fn malformed_vxlan_tc() {
 fn programs_load_and_counters_start_at_zero() {
     let mut bed = bed();
     let c = bed.counters();
-    assert_eq!(c.drops.len(), DropReason::ALL.len());
+    assert_eq!(c.dropped.len(), DropReason::ALL.len());
     assert_eq!(total_drops(&c), 0);
 }

@@ -123,7 +123,7 @@ fn build(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
-    toolchain::ensure_packages(&["iproute2", "iputils-ping", "bpftool"])?;
+    toolchain::ensure_packages(&["iproute2", "iputils-ping", "ethtool", "bpftool"])?;
     build(root)?;
     let mut c = cargo(root);
     c.args(["test", "--release", "--workspace", "--no-fail-fast"]);
