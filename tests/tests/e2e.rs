@@ -58,6 +58,8 @@ fn full_mesh(c: &mut Cluster) {
 }
 
 fn isolation(c: &Cluster) {
+    // The hosts' own traffic on the underlay is untouched by the decapsulation program.
+    assert!(c.nodes["node-a"].ok("ping -c1 -W1 192.168.50.12"), "underlay ping between hosts broke");
     // web.1 is on app-net only. Give it a route to db-net and a neighbour entry so packets
     // really leave the container: the datapath must refuse them (and count it).
     let w = c.container("web.1");
