@@ -24,6 +24,8 @@ pub const MAX_LOCAL_IFACES: u32 = 4_096;
 pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
 pub const PROG_UNDERLAY_XDP: &str = "ov_underlay_xdp";
 pub const PROG_UNDERLAY_TC: &str = "ov_underlay_tc";
+/// XDP_PASS and nothing else: the floor the benchmarks compare against (never attached).
+pub const PROG_BENCH_FLOOR: &str = "ov_bench_floor";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -52,6 +52,13 @@ pub fn ov_underlay_tc(ctx: TcContext) -> i32 {
     }
 }
 
+/// Benchmark floor: the cheapest XDP program there is. Never attached by the agent; the
+/// benchmarks time it beside the real paths so results read as multiples of it.
+#[xdp]
+pub fn ov_bench_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -6,6 +6,8 @@
 //! network namespace. Namespaces are removed on drop, on SIGINT/SIGTERM, and (for runs that
 //! were killed) by the next run, which removes those whose process is gone.
 
+pub mod bed;
+pub mod bench;
 pub mod packet;
 
 use std::{
@@ -132,6 +134,17 @@ impl Netns {
     pub fn ok(&self, cmd: &str) -> bool {
         Command::new("ip")
             .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Like `ok`, for a namespace known only by name.
+    pub fn ok_in(name: &str, cmd: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", name, "sh", "-c", cmd])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

@@ -1,0 +1,151 @@
+//! Control plane: how long the agent takes to apply a large state (1,000 nodes, 10,000 remote
+//! endpoints), how long a state-file change takes to reach the datapath (a new endpoint's
+//! entry visible in the map the programs read), and what it costs in memory.
+
+use std::{
+    fmt::Write as _,
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use overlay_common::maps::{EndpointInfo, EndpointKey, ALL_MAPS, MAP_ENDPOINTS};
+
+use super::report::Report;
+use crate::{overlay_bin, wait_for, Netns, Proc, RunDir};
+
+const SECTION: &str = "Control plane and memory";
+const VNI: u32 = 6000;
+
+fn ep_ip(i: u32) -> [u8; 4] {
+    [10, 64 + (i / 62500) as u8, ((i / 250) % 250) as u8, (i % 250 + 2) as u8]
+}
+
+fn state(nodes: u32, endpoints: u32, extra: u32) -> String {
+    let mut s = String::from("[cluster]\nvxlan_port = 4789\n\n[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n");
+    for n in 1..nodes {
+        let _ = writeln!(s, "[[nodes]]\nname = \"n{n}\"\naddress = \"10.200.{}.{}\"\n", n / 250, n % 250 + 1);
+    }
+    s += "[[networks]]\nname = \"big\"\nvni = 6000\nsubnet = \"10.64.0.0/12\"\n\n";
+    for i in 0..endpoints + extra {
+        let ip = ep_ip(i);
+        let _ = writeln!(
+            s,
+            "[[endpoints]]\nname = \"e{i}\"\nnetwork = \"big\"\nnode = \"n{}\"\nip = \"{}.{}.{}.{}\"\n",
+            1 + i % (nodes - 1),
+            ip[0], ip[1], ip[2], ip[3]
+        );
+    }
+    s
+}
+
+fn write_atomic(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn memlock_bytes(maps_dir: &std::path::Path) -> Result<f64> {
+    let mut total = 0.0;
+    for name in ALL_MAPS {
+        let m = MapData::from_pin(maps_dir.join(name))?;
+        let fd = m.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        let v: f64 = info.lines().find(|l| l.starts_with("memlock:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
+        total += v;
+    }
+    Ok(total)
+}
+
+fn log_ms(log: &str, msg: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(msg))?;
+    let at = line.find("ms=")?;
+    line[at + 3..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+use std::os::fd::AsFd as _;
+
+pub fn run(report: &mut Report, quick: bool) -> Result<()> {
+    let (nodes, endpoints) = (1000, 10_000);
+    let samples = if quick { 3 } else { 10 };
+    let run_dir = RunDir::new()?;
+    let node = Netns::new("cp")?;
+    node.sh("ip link add ul0 type veth peer name ul1 && ip link set ul1 up && ip addr add 192.168.70.1/24 dev ul0 && ip link set ul0 up")?;
+    let file = run_dir.path.join("state.toml");
+    let text = state(nodes, endpoints, 0);
+    write_atomic(&file, &text)?;
+    let log = run_dir.path.join("agent.log");
+    let f = std::fs::File::create(&log)?;
+
+    let t0 = Instant::now();
+    let child: Child = Command::new("ip")
+        .args(["netns", "exec", &node.name, overlay_bin().to_str().unwrap_or("overlay")])
+        .args(["run", "--state"])
+        .arg(&file)
+        .args(["--node", "n0", "--run-dir"])
+        .arg(&run_dir.path)
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()?;
+    let pid = child.id();
+    let agent = Proc(child);
+    let want = overlay::agent::state_hash(&text);
+    let applied = |rd: &RunDir| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rd.path.join("nodes/n0/applied.json")).ok()?).ok()?;
+        v["state_hash"].as_str().map(str::to_string)
+    };
+    if !wait_for(Duration::from_secs(60), || applied(&run_dir).as_deref() == Some(want.as_str())) {
+        bail!("the agent did not apply the large state:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    let startup = t0.elapsed().as_secs_f64() * 1000.0;
+    let agent_log = std::fs::read_to_string(&log)?;
+    let apply_ms = log_ms(&agent_log, "state applied").unwrap_or(f64::NAN);
+    report.add(SECTION, "apply 1,000 nodes + 10,000 endpoints (reconcile)", apply_ms, "ms", None, "from the agent's log");
+    report.add(SECTION, "agent start to state applied (load, verify, attach, apply)", startup, "ms", None, "wall clock");
+    report.target("applying 10,000 endpoints", "< 1000 ms", format!("{apply_ms:.0} ms"), apply_ms < 1000.0);
+
+    // A change: one more endpoint, then poll the map the datapath reads.
+    let maps_dir = run_dir.path.join("bpffs/n0/maps");
+    let map = MapData::from_pin(maps_dir.join(MAP_ENDPOINTS)).context("pinned endpoints map")?;
+    let map = Map::HashMap(map);
+    let endpoints_map = BpfHashMap::<_, EndpointKey, EndpointInfo>::try_from(&map)?;
+    let mut lat = Vec::new();
+    for k in 1..=samples {
+        let ip = ep_ip(endpoints + k - 1);
+        let key = EndpointKey { vni: VNI, ip: u32::from_ne_bytes(ip) };
+        let text = state(nodes, endpoints, k);
+        let t = Instant::now();
+        write_atomic(&file, &text)?;
+        let seen = loop {
+            if endpoints_map.get(&key, 0).is_ok() {
+                break Some(t.elapsed());
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let Some(d) = seen else { bail!("change {k} never reached the datapath") };
+        lat.push(d.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let median = lat[lat.len() / 2];
+    report.add(SECTION, "state-file change to datapath (median)", median, "ms", None, &format!("{samples} changes, 10,001+ endpoints; max {:.1} ms", lat[lat.len() - 1]));
+    report.target("state change reaching the datapath", "< 10 ms", format!("{median:.1} ms"), median < 10.0);
+
+    report.add(SECTION, "agent resident memory", rss_kib(pid) / 1024.0, "MiB", None, "VmRSS after applying");
+    report.add(SECTION, "BPF map memory", memlock_bytes(&maps_dir)? / (1024.0 * 1024.0), "MiB", None, "memlock of all maps (sized for 131,072 endpoints)");
+    drop(agent);
+    Ok(())
+}

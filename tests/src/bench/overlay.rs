@@ -1,0 +1,166 @@
+//! Two nodes in namespaces, four datapaths on the same topology, measured in the same run:
+//! routed veth (no encapsulation, the limit of this rig), a kernel vxlan device + bridge per
+//! network (Docker's overlay driver), and ours with TC and with XDP decapsulation.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::report::Report;
+use crate::{tcpx_bin, Cluster, ClusterSpec, Netns, Proc};
+
+pub const SECTION: &str = "Two-node overlay";
+pub const DATAPATHS: [&str; 4] = ["routed veth (no encap)", "kernel vxlan + bridge", "ours, TC decap", "ours, XDP decap"];
+pub const METRICS: [(&str, &str); 5] = [
+    ("TCP 1 stream", "TCP 1 stream"),
+    ("TCP 4 streams", "TCP 4 streams"),
+    ("UDP 64 B", "UDP 64 B pps"),
+    ("TCP RR", "TCP req/resp"),
+    ("TCP RR p99 latency", "RR p99 (lower better)"),
+];
+
+/// A client and a server container on two different nodes, whatever carries them.
+struct Rig {
+    client: String,
+    server: String,
+    server_ip: String,
+    _keep: Box<dyn std::any::Any>,
+}
+
+fn spec() -> ClusterSpec {
+    ClusterSpec::default()
+        .network("app-net", 4097, "10.0.9.0/24")
+        .endpoint("client", "app-net", "node-a", "10.0.9.3")
+        .endpoint("server", "app-net", "node-b", "10.0.9.4")
+}
+
+fn cluster_rig(c: Cluster) -> Rig {
+    Rig {
+        client: c.containers["client"].name.clone(),
+        server: c.containers["server"].name.clone(),
+        server_ip: "10.0.9.4".into(),
+        _keep: Box::new(c),
+    }
+}
+
+/// Plain routing: each container behind a veth to its node, nodes route the /32s over the
+/// underlay bridge. No encapsulation at all.
+fn routed_rig() -> Result<Rig> {
+    let ul = Netns::new("bul")?;
+    ul.sh("ip link add br0 type bridge && ip link set br0 up")?;
+    let a = Netns::new("bna")?;
+    let b = Netns::new("bnb")?;
+    let ca = Netns::new("bca")?;
+    let cb = Netns::new("bcb")?;
+    for (i, (n, addr, c, cip, peer_addr, peer_cip)) in [
+        (&a, "192.168.50.11", &ca, "10.0.9.3", "192.168.50.12", "10.0.9.4"),
+        (&b, "192.168.50.12", &cb, "10.0.9.4", "192.168.50.11", "10.0.9.3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ul.sh(&format!("ip link add n{i} type veth peer name ul0 && ip link set ul0 netns {} && ip link set n{i} master br0 && ip link set n{i} up", n.name))?;
+        n.sh(&format!(
+            "ip addr add {addr}/24 dev ul0 && ip link set ul0 up && sysctl -qw net.ipv4.ip_forward=1 && \
+             ip link add h0 type veth peer name eth0 netns {} && ip addr add 169.254.1.1/32 dev h0 && ip link set h0 up && \
+             ip route add {cip}/32 dev h0 && ip route add {peer_cip}/32 via {peer_addr}",
+            c.name
+        ))?;
+        c.sh(&format!(
+            "ip addr add {cip}/24 dev eth0 && ip link set eth0 up && ip route replace 10.0.9.0/24 via 169.254.1.1 dev eth0 onlink"
+        ))?;
+    }
+    Ok(Rig { client: ca.name.clone(), server: cb.name.clone(), server_ip: "10.0.9.4".into(), _keep: Box::new((cb, ca, b, a, ul)) })
+}
+
+fn exec(ns: &str, cmd: &str) -> Result<String> {
+    crate::run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]))
+}
+
+fn spawn(ns: &str, cmd: &str) -> Result<Proc> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+fn iperf(rig: &Rig, args: &str) -> Result<serde_json::Value> {
+    let _server = spawn(&rig.server, "iperf3 -s -1 -p 5201")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = exec(&rig.client, &format!("iperf3 -c {} -p 5201 -J {args}", rig.server_ip))?;
+    serde_json::from_str(&out).context("iperf3 output")
+}
+
+struct Measured {
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    udp_pps: f64,
+    rr_per_s: f64,
+    rr_p50_us: f64,
+    rr_p99_us: f64,
+}
+
+fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
+    if !crate::Netns::ok_in(&rig.client, &format!("ping -c1 -W2 {}", rig.server_ip)) {
+        bail!("the rig does not forward");
+    }
+    let gbps = |v: &serde_json::Value| v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let tcp1 = gbps(&iperf(rig, &format!("-t {secs}"))?);
+    let tcp4 = gbps(&iperf(rig, &format!("-t {secs} -P 4"))?);
+    let u = iperf(rig, &format!("-t {secs} -u -l 64 -b 0"))?;
+    let sum = &u["end"]["sum"];
+    let received = sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let udp_pps = received / sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
+    let _echo = spawn(&rig.server, &format!("{} serve 5001", tcpx_bin().display()))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let rr = exec(&rig.client, &format!("{} rr {} 5001 {secs}", tcpx_bin().display(), rig.server_ip))?;
+    let f: Vec<&str> = rr.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok(Measured { tcp1_gbps: tcp1, tcp4_gbps: tcp4, udp_pps, rr_per_s: num(1) / secs as f64, rr_p50_us: num(3), rr_p99_us: num(5) })
+}
+
+pub fn run(report: &mut Report, quick: bool) -> Result<()> {
+    let secs = if quick { 1 } else { 5 };
+    let refname = DATAPATHS[0];
+    for dp in DATAPATHS {
+        let rig = match dp {
+            "routed veth (no encap)" => routed_rig()?,
+            "kernel vxlan + bridge" => cluster_rig(Cluster::up(spec().kernel_node("node-a", "192.168.50.11").kernel_node("node-b", "192.168.50.12"))?),
+            "ours, TC decap" => {
+                let mut s = spec().node("node-a", "192.168.50.11").node("node-b", "192.168.50.12");
+                s.decap = Some("tc".into());
+                cluster_rig(Cluster::up(s)?)
+            }
+            _ => {
+                let mut s = spec().node("node-a", "192.168.50.11").node("node-b", "192.168.50.12");
+                s.decap = Some("xdp".into());
+                let c = Cluster::up(s)?;
+                // See README, Limits: XDP on a veth underlay needs senders that fill in checksums.
+                for ns in c.containers.values() {
+                    ns.sh("ethtool -K eth0 tx off >/dev/null")?;
+                }
+                cluster_rig(c)
+            }
+        };
+        let m = measure(&rig, secs).with_context(|| format!("measuring {dp}"))?;
+        let r = |m: &str| if dp == refname { None } else { Some(format!("{refname}: {m}")) };
+        let note = if dp.contains("XDP") { "senders with checksum offload off (veth underlay)" } else { "" };
+        report.add(SECTION, &format!("{dp}: TCP 1 stream"), m.tcp1_gbps, "Gbit/s", r("TCP 1 stream").as_deref(), note);
+        report.add(SECTION, &format!("{dp}: TCP 4 streams"), m.tcp4_gbps, "Gbit/s", r("TCP 4 streams").as_deref(), note);
+        report.add(SECTION, &format!("{dp}: UDP 64 B"), m.udp_pps, "pkt/s received", r("UDP 64 B").as_deref(), note);
+        report.add(SECTION, &format!("{dp}: TCP RR"), m.rr_per_s, "transactions/s", r("TCP RR").as_deref(), &format!("p50 {:.0} us", m.rr_p50_us));
+        report.add(SECTION, &format!("{dp}: TCP RR p99 latency"), m.rr_p99_us, "us", r("TCP RR p99 latency").as_deref(), "lower is better");
+    }
+    let kernel = DATAPATHS[1];
+    let ours = DATAPATHS[2];
+    let g = |r: &Report, d: &str, m: &str| r.get(SECTION, &format!("{d}: {m}")).unwrap_or(0.0);
+    let t = g(report, ours, "TCP 1 stream") / g(report, kernel, "TCP 1 stream").max(1e-9);
+    report.target("ours (default, TC) vs kernel vxlan+bridge: TCP throughput", ">= 1.3x", format!("{t:.2}x"), t >= 1.3);
+    let u = g(report, ours, "UDP 64 B") / g(report, kernel, "UDP 64 B").max(1e-9);
+    report.target("ours (default, TC) vs kernel vxlan+bridge: small-packet rate", ">= 1.5x", format!("{u:.2}x"), u >= 1.5);
+    let l = g(report, ours, "TCP 1 stream") / g(report, refname, "TCP 1 stream").max(1e-9);
+    report.target("ours (default, TC) vs no-encapsulation limit: TCP throughput", ">= 0.9x", format!("{l:.2}x"), l >= 0.9);
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Per-packet cost of each program path through BPF_PROG_TEST_RUN, beside the XDP_PASS floor.
+//!
+//! Paths that leave the packet as it was (pass, drops, local delivery) are timed with one
+//! large `repeat`, which the kernel averages. Paths that rewrite the packet (encap, decap, ARP
+//! reply) cannot be: the second repetition would see the rewritten packet. They are run once
+//! per call, many calls, and the median taken; the floor is timed the same way for them.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use overlay_common::maps::*;
+
+use super::report::Report;
+use crate::{bed::*, packet::*};
+
+const SECTION: &str = "Per-packet cost (BPF_PROG_TEST_RUN)";
+
+enum Prog {
+    Xdp(&'static str),
+    Tc(&'static str, u32),
+}
+
+fn once(bed: &mut Bed, prog: &Prog, data: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    let mut out = vec![0u8; data.len() + 256];
+    let r = match prog {
+        Prog::Xdp(name) => {
+            let p: &Xdp = bed.dp.ebpf().program(name).context("program")?.try_into()?;
+            p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), repeat, ..Default::default() })?
+        }
+        Prog::Tc(name, ifindex) => {
+            let mut ctx = [0u8; 192];
+            ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            let p: &SchedClassifier = bed.dp.ebpf().program(name).context("program")?.try_into()?;
+            p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat, ..Default::default() })?
+        }
+    };
+    Ok((r.return_value, r.duration))
+}
+
+/// ns per packet, averaged by the kernel over `repeat` runs.
+fn repeated(bed: &mut Bed, prog: &Prog, data: &[u8], repeat: u32, verdict: u32) -> Result<f64> {
+    let (v, d) = once(bed, prog, data, repeat)?;
+    anyhow::ensure!(v == verdict, "unexpected verdict {v} (want {verdict})");
+    Ok(d.as_nanos() as f64)
+}
+
+/// ns per packet: median of single runs (for paths that rewrite the packet).
+fn single(bed: &mut Bed, prog: &Prog, data: &[u8], calls: u32, verdict: u32) -> Result<f64> {
+    let mut v = Vec::with_capacity(calls as usize);
+    for _ in 0..calls {
+        let (r, d) = once(bed, prog, data, 1)?;
+        anyhow::ensure!(r == verdict, "unexpected verdict {r} (want {verdict})");
+        v.push(d.as_nanos() as f64);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+pub fn run(report: &mut Report, quick: bool) -> Result<()> {
+    let mut bed = bed();
+    {
+        let p: &mut Xdp = bed.dp.ebpf().program_mut(PROG_BENCH_FLOOR).context("floor program")?.try_into()?;
+        p.load()?;
+    }
+    let repeat = if quick { 200_000 } else { 2_000_000 };
+    let calls = if quick { 3_000 } else { 30_000 };
+    let ul = bed.underlay_ifindex;
+    let floor = Prog::Xdp(PROG_BENCH_FLOOR);
+    let xdp = Prog::Xdp(PROG_UNDERLAY_XDP);
+    let tc_ul = Prog::Tc(PROG_UNDERLAY_TC, ul);
+    let ct = Prog::Tc(PROG_FROM_CONTAINER, A_IFINDEX);
+
+    let (vx, _) = {
+        let inner = inner_tcp(B, A, 80, 40000, 64);
+        (vxlan_frame(NODE_MAC, PEER_MAC, PEER_IP, NODE_IP, 51000, 4789, VNI, &inner), inner)
+    };
+    let mut dns = eth(NODE_MAC, PEER_MAC, 0x0800);
+    dns.extend(ipv4(PEER_IP, NODE_IP, 17, 8 + 20, 0, 0));
+    dns.extend(udp(5353, 53, 20));
+    dns.extend([7u8; 20]);
+    let mut unknown_vni = vx.clone();
+    unknown_vni[46..49].copy_from_slice(&[0, 3, 0xe7]);
+    let mut not_local = vx.clone();
+    not_local[80..84].copy_from_slice(&B);
+    let to_b = inner_tcp(A, B, 40000, 80, 64);
+    let to_c = inner_tcp(A, C, 40000, 80, 64);
+    let cross = inner_tcp(A, OTHER_NET, 40000, 80, 64);
+    let arp = arp_request(MAC_A, A, B);
+
+    let rp = "repeat";
+    let sg = "single runs";
+    let f_rep = repeated(&mut bed, &floor, &dns, repeat, XDP_PASS)?;
+    report.add(SECTION, "floor: XDP_PASS (repeat)", f_rep, "ns/pkt", None, rp);
+    let f_one = single(&mut bed, &floor, &dns, calls, XDP_PASS)?;
+    report.add(SECTION, "floor: XDP_PASS (single runs)", f_one, "ns/pkt", None, sg);
+
+    let fr = Some("floor: XDP_PASS (repeat)");
+    let fs = Some("floor: XDP_PASS (single runs)");
+    let rows: Vec<(&str, &Prog, &[u8], u32, bool)> = vec![
+        ("xdp pass-through of host traffic", &xdp, &dns, XDP_PASS, true),
+        ("tc pass-through of host traffic", &tc_ul, &dns, TC_ACT_OK, true),
+        ("xdp drop unknown-vni", &xdp, &unknown_vni, XDP_DROP, true),
+        ("xdp drop decap-not-local", &xdp, &not_local, XDP_DROP, true),
+        ("tc drop unknown-vni", &tc_ul, &unknown_vni, TC_ACT_SHOT, true),
+        ("container drop unknown-destination", &ct, &cross, TC_ACT_SHOT, true),
+        ("container local delivery", &ct, &to_c, TC_ACT_REDIRECT, true),
+        ("xdp decap to local endpoint", &xdp, &vx, XDP_REDIRECT, false),
+        ("tc decap to local endpoint", &tc_ul, &vx, TC_ACT_REDIRECT, false),
+        ("container encap to remote endpoint", &ct, &to_b, TC_ACT_REDIRECT, false),
+        ("container ARP reply", &ct, &arp, TC_ACT_REDIRECT, false),
+    ];
+    for (name, prog, data, verdict, can_repeat) in rows {
+        let (ns, reference, note) = if can_repeat {
+            (repeated(&mut bed, prog, data, repeat, verdict)?, fr, rp)
+        } else {
+            (single(&mut bed, prog, data, calls, verdict)?, fs, sg)
+        };
+        report.add(SECTION, name, ns, "ns/pkt", reference, note);
+    }
+    for (row, floor) in [("xdp decap to local endpoint", f_one), ("tc decap to local endpoint", f_one)] {
+        if let Some(v) = report.get(SECTION, row) {
+            let x = v / floor;
+            report.target(&format!("{row}: multiple of the XDP_PASS floor"), "<= 2x", format!("{x:.2}x"), x <= 2.0);
+        }
+    }
+    Ok(())
+}
