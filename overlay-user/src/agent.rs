@@ -315,7 +315,8 @@ pub struct ReconcileReport {
 /// `overlay run`: start, apply, then follow the file until SIGINT/SIGTERM.
 pub async fn run(state_path: &Path, node: &str, run_dir: &Path, decap: DecapChoice) -> Result<()> {
     let text = std::fs::read_to_string(state_path).with_context(|| format!("reading {}", state_path.display()))?;
-    let state = state::parse(&text, state_path)?;
+    let mut parser = state::IncrementalParser::default();
+    let state = parser.parse(&text, state_path)?;
     let mut agent = Agent::start(&state, node, run_dir, decap).await?;
     let r = agent.reconcile(&state, &state_hash(&text)).await?;
     info!(
@@ -339,12 +340,14 @@ pub async fn run(state_path: &Path, node: &str, run_dir: &Path, decap: DecapChoi
                 if text == last_text {
                     continue;
                 }
-                match state::parse(&text, state_path) {
+                let t0 = Instant::now();
+                match parser.parse(&text, state_path) {
                     Err(e) => error!("new state rejected, keeping the last good state:\n{e}"),
                     Ok(new) => match agent.reconcile(&new, &state_hash(&text)).await {
                         Ok(r) => {
                             info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes,
-                                  ms = r.elapsed.as_millis() as u64, "state change applied");
+                                  ms = t0.elapsed().as_millis() as u64, reconcile_ms = r.elapsed.as_millis() as u64,
+                                  "state change applied");
                             last_text = text;
                         }
                         Err(e) => error!("state change not applied, keeping the last good state: {e:#}"),

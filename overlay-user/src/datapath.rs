@@ -2,8 +2,9 @@
 //! their layout, attach through pinned links (replaced atomically on restart, so forwarding
 //! never stops), write map contents as a diff, and read the counters.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     hash::Hash,
     io,
     path::{Path, PathBuf},
@@ -250,7 +251,7 @@ fn remove_pin(p: &Path) -> Result<()> {
 
 fn read_hash<K: Pod + Eq + Hash, V: Pod>(map: &mut Map) -> Result<HashMap<K, V>> {
     let m = BpfHashMap::<_, K, V>::try_from(map)?;
-    let mut out = HashMap::new();
+    let mut out = HashMap::default();
     for kv in m.iter() {
         let (k, v) = kv?;
         out.insert(k, v);

@@ -42,6 +42,9 @@ enum Cmd {
         /// A short run (under two minutes) that proves the harness works.
         #[arg(long)]
         quick: bool,
+        /// Run one section only: per-packet, overlay or control-plane.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -61,13 +64,16 @@ fn main() -> Result<()> {
             }
             run(&mut c)
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only } => {
             build(&root)?;
             toolchain::ensure_packages(&["iperf3"])?;
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "bench", "--"]);
             if quick {
                 c.arg("--quick");
+            }
+            if let Some(o) = only {
+                c.args(["--only", &o]);
             }
             run(&mut c)
         }

@@ -6,16 +6,22 @@ use anyhow::Result;
 use overlay_tests::bench::{control, overlay, progrun, report::Report};
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // --only NAME runs one section (per-packet, overlay, control-plane).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let mut r = Report::default();
     r.meta.insert("mode".into(), if quick { "quick (smoke run: short durations, numbers are rough)".into() } else { "full".into() });
     r.meta.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into());
     r.meta.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string());
     r.meta.insert("command".into(), format!("cargo xtask bench{}", if quick { " --quick" } else { "" }));
     let sections: [(&str, fn(&mut Report, bool) -> Result<()>); 3] =
-        [("per-packet", progrun::run), ("overlay", overlay::run), ("control plane", control::run)];
+        [("per-packet", progrun::run), ("overlay", overlay::run), ("control-plane", control::run)];
     let mut failed = Vec::new();
     for (name, f) in sections {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         eprintln!("bench: {name}...");
         if let Err(e) = f(&mut r, quick) {
             eprintln!("bench: {name} failed: {e:#}");
@@ -25,12 +31,17 @@ fn main() -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     let md = r.markdown();
-    std::fs::write(dir.join("report.md"), &md)?;
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&r)?)?;
-    let metrics: Vec<(&str, &str)> = overlay::METRICS.to_vec();
-    std::fs::write(dir.join("overlay.svg"), r.svg(overlay::SECTION, &metrics, &overlay::DATAPATHS))?;
+    let suffix = only.as_deref().map(|o| format!("-{o}")).unwrap_or_default();
+    std::fs::write(dir.join(format!("report{suffix}.md")), &md)?;
+    std::fs::write(dir.join(format!("report{suffix}.json")), serde_json::to_string_pretty(&r)?)?;
+    let mut written = vec![format!("report{suffix}.md"), format!("report{suffix}.json")];
+    if r.rows.iter().any(|row| row.section == overlay::SECTION) {
+        let metrics: Vec<(&str, &str)> = overlay::METRICS.to_vec();
+        std::fs::write(dir.join("overlay.svg"), r.svg(overlay::SECTION, &metrics, &overlay::DATAPATHS))?;
+        written.push("overlay.svg".into());
+    }
     println!("{md}");
-    println!("Written: {}/report.md, report.json, overlay.svg", dir.canonicalize()?.display());
+    println!("Written in {}: {}", dir.canonicalize()?.display(), written.join(", "));
     overlay_tests::cleanup_all();
     if !failed.is_empty() {
         anyhow::bail!("sections failed: {}", failed.join(", "));
