@@ -86,12 +86,13 @@ pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict,
         return Err(DropReason::VxlanNoIFlag);
     }
     let vni = (vx[4] as u32) << 16 | (vx[5] as u32) << 8 | vx[6] as u32;
-    if unsafe { OV_NETWORKS.get(&vni) }.is_none() {
-        return Err(DropReason::UnknownVni);
-    }
+    // The fast path needs one lookup (the endpoint, keyed by VNI and IP); whether the VNI is
+    // known at all is asked only to name the reason of a drop, and takes precedence.
+    let unknown_vni = || unsafe { OV_NETWORKS.get(&vni) }.is_none();
     let inner: *const EthHdr = pkt.at(INNER_ETH).ok_or(DropReason::Truncated)?;
     match u16::from_be(unsafe { (*inner).ether_type }) {
         ETH_P_IP => {}
+        _ if unknown_vni() => return Err(DropReason::UnknownVni),
         ETH_P_8021Q | ETH_P_8021AD => return Err(DropReason::InnerVlan),
         _ => return Err(DropReason::InnerNotIpv4),
     }
@@ -103,6 +104,7 @@ pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict,
     let key = EndpointKey { vni, ip: u32::from_ne_bytes(iip.dst_addr) };
     match unsafe { OV_ENDPOINTS.get(&key) } {
         Some(ep) if ep.flags & EP_LOCAL != 0 => Ok(Verdict::Decap { ifindex: ep.ifindex }),
+        _ if unknown_vni() => Err(DropReason::UnknownVni),
         _ => Err(DropReason::DecapNotLocal),
     }
 }
