@@ -66,7 +66,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, only } => {
             build(&root)?;
-            toolchain::ensure_packages(&["iperf3"])?;
+            toolchain::ensure_packages(&["iperf3", "iproute2", "iputils-ping", "ethtool"])?;
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "bench", "--"]);
             if quick {
@@ -129,7 +129,7 @@ fn build(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
-    toolchain::ensure_packages(&["iproute2", "iputils-ping", "ethtool", "bpftool"])?;
+    toolchain::ensure_packages(&["iproute2", "iputils-ping", "ethtool"])?;
     build(root)?;
     let mut c = cargo(root);
     c.args(["test", "--release", "--workspace", "--no-fail-fast"]);

@@ -3,9 +3,9 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub section: String,
     pub name: String,
@@ -17,7 +17,7 @@ pub struct Row {
     pub note: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Target {
     pub what: String,
     pub goal: String,
@@ -25,7 +25,7 @@ pub struct Target {
     pub met: bool,
 }
 
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Report {
     pub meta: BTreeMap<String, String>,
     pub rows: Vec<Row>,

@@ -10,6 +10,16 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     // --only NAME runs one section (per-packet, overlay, control-plane).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    // --render FILE: redraw the Markdown and the chart of a saved report.json.
+    if let Some(f) = args.iter().position(|a| a == "--render").and_then(|i| args.get(i + 1)) {
+        let r: Report = serde_json::from_slice(&std::fs::read(f)?)?;
+        let out = Path::new(f).with_extension("");
+        std::fs::write(out.with_extension("md"), r.markdown())?;
+        let metrics: Vec<(&str, &str)> = overlay::METRICS.to_vec();
+        std::fs::write(out.with_file_name("overlay.svg"), r.svg(overlay::SECTION, &metrics, &overlay::DATAPATHS))?;
+        println!("{}", r.markdown());
+        return Ok(());
+    }
     let mut r = Report::default();
     r.meta.insert("mode".into(), if quick { "quick (smoke run: short durations, numbers are rough)".into() } else { "full".into() });
     r.meta.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into());

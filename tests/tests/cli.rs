@@ -1,0 +1,65 @@
+//! The CLI as a user meets it: `overlay check` on good and bad files, exit codes and messages.
+
+use std::process::Command;
+
+use overlay_tests::overlay_bin;
+
+const GOOD: &str = r#"
+[[nodes]]
+name = "node-a"
+address = "192.168.50.11"
+
+[[networks]]
+name = "app-net"
+vni = 4097
+subnet = "10.0.9.0/24"
+
+[[endpoints]]
+name = "web.1"
+network = "app-net"
+node = "node-a"
+ip = "10.0.9.3"
+netns = "/var/run/netns/does-not-exist-here"
+"#;
+
+fn check(text: &str, extra: &[&str]) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("overlay-cli-{}-{}", std::process::id(), text.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("state.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new(overlay_bin()).arg("check").arg("--state").arg(&f).args(extra).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn check_accepts_a_good_file() {
+    let (ok, out) = check(GOOD, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok (1 nodes, 1 networks, 1 endpoints, vxlan port 4789)"), "{out}");
+}
+
+#[test]
+fn check_names_entry_and_field_and_fails() {
+    let (ok, out) = check(&GOOD.replace("10.0.9.3", "10.0.8.3").replace("vni = 4097", "vni = 0"), &[]);
+    assert!(!ok);
+    assert!(out.contains("endpoints \"web.1\": field `ip`: 10.0.8.3 is outside subnet 10.0.9.0/24"), "{out}");
+    assert!(out.contains("networks \"app-net\": field `vni`: 0 is out of range"), "{out}");
+}
+
+#[test]
+fn check_rejects_unknown_keys() {
+    let (ok, out) = check(&GOOD.replace("vni = 4097", "vni = 4097\nmtuu = 1400"), &[]);
+    assert!(!ok);
+    assert!(out.contains("mtuu"), "{out}");
+}
+
+#[test]
+fn check_for_a_node_looks_for_its_sandboxes() {
+    let (ok, out) = check(GOOD, &["--node", "node-a"]);
+    assert!(!ok);
+    assert!(out.contains("endpoints \"web.1\": field `netns`"), "{out}");
+    let (ok, out) = check(GOOD, &["--node", "node-z"]);
+    assert!(!ok);
+    assert!(out.contains("not in the state file"), "{out}");
+}
