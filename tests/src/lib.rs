@@ -105,6 +105,21 @@ pub fn cleanup_all() {
     }
 }
 
+/// `sh -c CMD` inside the namespace called `name`.
+pub fn in_netns(name: &str, cmd: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name, "sh", "-c", cmd]);
+    c
+}
+
+/// Start `cmd` inside the namespace called `name` (exec'd, so the pid is the command's),
+/// output to `log`; the process is killed by `cleanup_all` if the run is interrupted.
+pub fn spawn_in(name: &str, cmd: &str, log: std::fs::File) -> Result<Child> {
+    let child = in_netns(name, &format!("exec {cmd}")).stdout(log.try_clone()?).stderr(log).spawn()?;
+    track(&child);
+    Ok(child)
+}
+
 /// A network namespace, removed when dropped.
 pub struct Netns {
     pub name: String,
@@ -127,24 +142,17 @@ impl Netns {
 
     /// Run a shell command inside; fail with its output if it fails.
     pub fn sh(&self, cmd: &str) -> Result<String> {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]))
+        run(&mut in_netns(&self.name, cmd))
     }
 
     /// Run a shell command inside; return whether it succeeded.
     pub fn ok(&self, cmd: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        Self::ok_in(&self.name, cmd)
     }
 
     /// Like `ok`, for a namespace known only by name.
     pub fn ok_in(name: &str, cmd: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", name, "sh", "-c", cmd])
+        in_netns(name, cmd)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -158,14 +166,7 @@ impl Netns {
     }
 
     pub fn spawn(&self, cmd: &str, log: &Path) -> Result<Child> {
-        let f = std::fs::File::create(log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", &format!("exec {cmd}")])
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()?;
-        track(&child);
-        Ok(child)
+        spawn_in(&self.name, cmd, std::fs::File::create(log)?)
     }
 }
 
@@ -411,12 +412,7 @@ impl Cluster {
         );
         // Append so restarts keep the earlier log.
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sh", "-c", &format!("exec {cmd}")])
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()?;
-        track(&child);
+        let child = spawn_in(&ns.name, &cmd, f)?;
         self.agents.insert(node.to_string(), Agent { child, log });
         Ok(())
     }

@@ -22,8 +22,12 @@ ip = "10.0.9.3"
 netns = "/var/run/netns/does-not-exist-here"
 "#;
 
+static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn check(text: &str, extra: &[&str]) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!("overlay-cli-{}-{}", std::process::id(), text.len()));
+    // Tests run in parallel: one directory each.
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("overlay-cli-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("state.toml");
     std::fs::write(&f, text).unwrap();
@@ -41,10 +45,16 @@ fn check_accepts_a_good_file() {
 
 #[test]
 fn check_names_entry_and_field_and_fails() {
-    let (ok, out) = check(&GOOD.replace("10.0.9.3", "10.0.8.3").replace("vni = 4097", "vni = 0"), &[]);
+    // Two independent problems in one file: both are reported.
+    let (ok, out) = check(&GOOD.replace("10.0.9.3", "10.0.8.3").replace("node = \"node-a\"", "node = \"node-q\""), &[]);
     assert!(!ok);
     assert!(out.contains("endpoints \"web.1\": field `ip`: 10.0.8.3 is outside subnet 10.0.9.0/24"), "{out}");
+    assert!(out.contains("endpoints \"web.1\": field `node`: unknown node \"node-q\""), "{out}");
+    // An invalid network is named, and its endpoints say so rather than "unknown".
+    let (ok, out) = check(&GOOD.replace("vni = 4097", "vni = 0"), &[]);
+    assert!(!ok);
     assert!(out.contains("networks \"app-net\": field `vni`: 0 is out of range"), "{out}");
+    assert!(out.contains("(that network is invalid)"), "{out}");
 }
 
 #[test]

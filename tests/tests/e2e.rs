@@ -23,6 +23,16 @@ fn three_nodes(decap: Option<&str>) -> ClusterSpec {
     s
 }
 
+/// web.1 on node-a, web.2 on node-b, one network.
+fn two_nodes() -> ClusterSpec {
+    ClusterSpec::default()
+        .node("node-a", "192.168.50.11")
+        .node("node-b", "192.168.50.12")
+        .network("app-net", 4097, "10.0.9.0/24")
+        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
+        .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
+}
+
 fn endpoints_of(c: &Cluster, net: &str) -> Vec<String> {
     c.spec.endpoints.iter().filter(|e| e.network == net).map(|e| e.name.clone()).collect()
 }
@@ -171,13 +181,7 @@ fn state_changes_apply_live_and_bad_states_are_ignored() {
 
 #[test]
 fn agent_restart_keeps_an_open_tcp_connection() {
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .network("app-net", 4097, "10.0.9.0/24")
-        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
-        .endpoint("web.2", "app-net", "node-b", "10.0.9.4");
-    let mut c = Cluster::up(spec).unwrap();
+    let mut c = Cluster::up(two_nodes()).unwrap();
     c.start_servers().unwrap();
     let mut flow = c.tcp_background("web.1", "web.2", 4_000_000, 5.0).unwrap();
     std::thread::sleep(Duration::from_millis(800));
@@ -198,13 +202,7 @@ fn agent_restart_keeps_an_open_tcp_connection() {
 
 #[test]
 fn down_removes_everything() {
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .network("app-net", 4097, "10.0.9.0/24")
-        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
-        .endpoint("web.2", "app-net", "node-b", "10.0.9.4");
-    let mut c = Cluster::up(spec).unwrap();
+    let mut c = Cluster::up(two_nodes()).unwrap();
     assert!(c.ping("web.1", "web.2"));
     c.kill_agent("node-a");
     let bin = overlay_tests::overlay_bin();

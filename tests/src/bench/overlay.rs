@@ -2,12 +2,12 @@
 //! routed veth (no encapsulation, the limit of this rig), a kernel vxlan device + bridge per
 //! network (Docker's overlay driver), and ours with TC and with XDP decapsulation.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
 use super::report::Report;
-use crate::{tcpx_bin, Cluster, ClusterSpec, Netns, Proc};
+use crate::{in_netns, spawn_in, tcpx_bin, Cluster, ClusterSpec, Netns, Proc};
 
 pub const SECTION: &str = "Two-node overlay";
 pub const DATAPATHS: [&str; 4] = ["routed veth (no encap)", "kernel vxlan + bridge", "ours, TC decap", "ours, XDP decap"];
@@ -74,16 +74,11 @@ fn routed_rig() -> Result<Rig> {
 }
 
 fn exec(ns: &str, cmd: &str) -> Result<String> {
-    crate::run(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]))
+    crate::run(&mut in_netns(ns, cmd))
 }
 
 fn spawn(ns: &str, cmd: &str) -> Result<Proc> {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    Ok(Proc(child))
+    Ok(Proc(spawn_in(ns, cmd, std::fs::File::create("/dev/null")?)?))
 }
 
 fn iperf(rig: &Rig, args: &str) -> Result<serde_json::Value> {
