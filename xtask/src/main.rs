@@ -5,8 +5,9 @@
 mod toolchain;
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -135,5 +136,25 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     c.args(["test", "--release", "--workspace", "--no-fail-fast"]);
     // End-to-end tests each build a whole cluster; two cores run them best one at a time.
     c.args(args).args(["--", "--test-threads=1"]);
-    run(&mut c)
+    c.stdout(Stdio::piped());
+    let mut child = c.spawn().with_context(|| format!("running {c:?}"))?;
+    // Echo the output and add up every test binary's result line for one closing summary.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';').find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            };
+            passed += num("passed").unwrap_or(0);
+            failed += num("failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
