@@ -83,6 +83,24 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     unknown_vni[46..49].copy_from_slice(&[0, 3, 0xe7]);
     let mut not_local = vx.clone();
     not_local[80..84].copy_from_slice(&B);
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = vx.clone();
+        f(&mut v);
+        v
+    };
+    let bad_len = edit(&|f| f[39] ^= 1);
+    let no_i = edit(&|f| f[42] = 0);
+    let frag = edit(&|f| f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()));
+    let vlan = edit(&|f| f[62..64].copy_from_slice(&[0x81, 0]));
+    let short = {
+        let mut f = vx[..60].to_vec();
+        fix_lengths(&mut f, 60);
+        f
+    };
+    let spoofed = inner_tcp([10, 0, 9, 8], B, 40000, 80, 64);
+    let mut ipv6 = eth(MAC_B, MAC_A, 0x86dd);
+    ipv6.extend_from_slice(&[0x60; 40]);
+    let arp_unknown = arp_request(MAC_A, A, [10, 0, 9, 99]);
     let to_b = inner_tcp(A, B, 40000, 80, 64);
     let to_c = inner_tcp(A, C, 40000, 80, 64);
     let cross = inner_tcp(A, OTHER_NET, 40000, 80, 64);
@@ -103,7 +121,15 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         ("xdp drop unknown-vni", &xdp, &unknown_vni, XDP_DROP, true),
         ("xdp drop decap-not-local", &xdp, &not_local, XDP_DROP, true),
         ("tc drop unknown-vni", &tc_ul, &unknown_vni, TC_ACT_SHOT, true),
+        ("xdp drop bad-length", &xdp, &bad_len, XDP_DROP, true),
+        ("xdp drop vxlan-no-i-flag", &xdp, &no_i, XDP_DROP, true),
+        ("xdp drop outer-fragment", &xdp, &frag, XDP_DROP, true),
+        ("xdp drop inner-vlan", &xdp, &vlan, XDP_DROP, true),
+        ("xdp drop truncated", &xdp, &short, XDP_DROP, true),
         ("container drop unknown-destination", &ct, &cross, TC_ACT_SHOT, true),
+        ("container drop spoofed-source", &ct, &spoofed, TC_ACT_SHOT, true),
+        ("container drop not-ipv4", &ct, &ipv6, TC_ACT_SHOT, true),
+        ("container drop arp-unknown-target", &ct, &arp_unknown, TC_ACT_SHOT, true),
         ("container local delivery", &ct, &to_c, TC_ACT_REDIRECT, true),
         ("xdp decap to local endpoint", &xdp, &vx, XDP_REDIRECT, false),
         ("tc decap to local endpoint", &tc_ul, &vx, TC_ACT_REDIRECT, false),
