@@ -121,17 +121,20 @@ pub enum FwdCounter {
     ArpReply = 4,
     /// Underlay traffic that is not ours, passed to the host untouched.
     PassHost = 5,
+    /// ICMP "fragmentation needed" sent back to a container whose DF packet was too big.
+    IcmpFragNeeded = 6,
 }
 
 impl FwdCounter {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [FwdCounter; 6] = [
+    pub const COUNT: u32 = 7;
+    pub const ALL: [FwdCounter; 7] = [
         Self::LocalDelivery,
         Self::Encap,
         Self::EncapNeighResolve,
         Self::Decap,
         Self::ArpReply,
         Self::PassHost,
+        Self::IcmpFragNeeded,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -141,6 +144,7 @@ impl FwdCounter {
             Self::Decap => "decap",
             Self::ArpReply => "arp-reply",
             Self::PassHost => "pass-host",
+            Self::IcmpFragNeeded => "icmp-frag-needed",
         }
     }
 }

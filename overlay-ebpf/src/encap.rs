@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
     },
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
@@ -20,7 +20,7 @@ use overlay_common::{
 };
 
 use crate::{
-    arp,
+    arp, icmp,
     maps::{config, OV_ENDPOINTS, OV_LOCAL_IFACES},
     parse::*,
     stats,
@@ -97,7 +97,7 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface) -> Result<i32, DropRe
     } else {
         0
     };
-    let flow = Flow { src, dst, proto: ip.proto, ports, tos: ip.tos };
+    let flow = Flow { src, dst, proto: ip.proto, ports, tos: ip.tos, df: be16(ip.frags) & IP_DF != 0 };
     encap(ctx, iface.vni, &ep, &flow)
 }
 
@@ -107,6 +107,7 @@ struct Flow {
     proto: u8,
     ports: u32,
     tos: u8,
+    df: bool,
 }
 
 #[inline(always)]
@@ -121,7 +122,17 @@ fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Result<i3
     // (GSO packets are checked per segment by the helper).
     let mut mtu_len: u32 = 0;
     if unsafe { bpf_check_mtu(skb, cfg.underlay_ifindex, &mut mtu_len, ENCAP_OVERHEAD as i32, 0) } != 0 {
-        return Err(DropReason::TooBig);
+        // The packet is dropped either way; a DF sender is told the MTU that fits.
+        stats::drop(DropReason::TooBig);
+        if flow.df {
+            let mtu = cfg.underlay_mtu.saturating_sub(ENCAP_OVERHEAD) as u16;
+            // SAFETY: reading a field of the context the kernel gave us.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            if let Some(action) = icmp::frag_needed(ctx, ifindex, mtu) {
+                return Ok(action);
+            }
+        }
+        return Ok(TC_ACT_SHOT as i32);
     }
 
     // Next hop for the outer packet from the kernel's FIB and neighbour table.

@@ -6,6 +6,7 @@
 mod arp;
 mod decap;
 mod encap;
+mod icmp;
 mod maps;
 mod parse;
 mod stats;

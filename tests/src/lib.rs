@@ -252,6 +252,8 @@ pub struct NetSpec {
     pub vni: u32,
     pub subnet: String,
     pub prefix: u8,
+    /// `mtu =` in the state file; `None`: the agent's default (underlay - 50).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -281,7 +283,7 @@ impl ClusterSpec {
     }
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
         let prefix = subnet.split('/').nth(1).and_then(|p| p.parse().ok()).unwrap_or(24);
-        self.networks.push(NetSpec { name: name.into(), vni, subnet: subnet.into(), prefix });
+        self.networks.push(NetSpec { name: name.into(), vni, subnet: subnet.into(), prefix, mtu: None });
         self
     }
     pub fn endpoint(mut self, name: &str, network: &str, node: &str, ip: &str) -> Self {
@@ -561,7 +563,8 @@ pub fn render_state(spec: &ClusterSpec, containers: &BTreeMap<String, Netns>) ->
         let _ = writeln!(s, "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\n", n.name, n.address);
     }
     for n in &spec.networks {
-        let _ = writeln!(s, "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n", n.name, n.vni, n.subnet);
+        let mtu = n.mtu.map(|m| format!("mtu = {m}\n")).unwrap_or_default();
+        let _ = writeln!(s, "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n{mtu}", n.name, n.vni, n.subnet);
     }
     for e in &spec.endpoints {
         let netns = containers.get(&e.name).map(|c| c.path().display().to_string()).unwrap_or_default();

@@ -215,3 +215,21 @@ fn down_removes_everything() {
     // The host's own traffic on the underlay still works.
     assert!(c.nodes["node-a"].ok("ping -c1 -W1 192.168.50.12"));
 }
+
+#[test]
+fn too_big_packets_teach_the_sender_its_path_mtu() {
+    // The network claims 1500 bytes; the 1500-byte underlay carries 1450 once encapsulated.
+    let mut spec = two_nodes();
+    spec.networks[0].mtu = Some(1500);
+    let mut c = Cluster::up(spec).unwrap();
+    assert!(c.container("web.1").sh("ip -o link show eth0").unwrap().contains("mtu 1500"));
+    let out = c.container("web.1").sh("ping -c1 -W1 -M do -s 1472 10.0.9.4 2>&1 || true").unwrap();
+    assert!(out.contains("mtu = 1450"), "no fragmentation-needed reply: {out}");
+    let route = c.container("web.1").sh("ip route get 10.0.9.4").unwrap();
+    assert!(route.contains("mtu 1450"), "path MTU not learned: {route}");
+    // TCP segments shrink after the first ICMP: the transfer completes instead of stalling.
+    c.start_servers().unwrap();
+    assert!(c.tcp("web.1", "web.2", 2_000_000), "TCP stalled on the too-big path");
+    assert!(c.counter("node-a", "forwarded", "icmp-frag-needed") > 0);
+    assert!(c.counter("node-a", "dropped", "too-big") > 0);
+}

@@ -187,12 +187,40 @@ fn container_side_drops_each_have_a_reason() {
 }
 
 #[test]
-fn encap_refuses_what_will_not_fit_the_underlay() {
+fn too_big_for_the_underlay_gets_icmp_fragmentation_needed() {
     let mut bed = bed();
     // 1500-byte underlay: an inner IP packet of 1451 bytes does not fit once encapsulated.
     let f = inner_tcp(A, B, 1, 2, 1451 - 20);
     assert_eq!(f.len(), 14 + 1451);
-    expect_drop(&mut bed, DropReason::TooBig, "too big", |b| b.from_container(&f).0, TC_ACT_SHOT);
+    let before = bed.counters();
+    let mut out = Vec::new();
+    expect_drop(&mut bed, DropReason::TooBig, "too big, DF", |b| {
+        let (v, o) = b.from_container(&f);
+        out = o;
+        v
+    }, TC_ACT_REDIRECT);
+    assert_eq!(bed.counters().fwd(FwdCounter::IcmpFragNeeded), before.fwd(FwdCounter::IcmpFragNeeded) + 1);
+    // Back to the sender: from the address it wrote to, type 3 code 4, next-hop MTU 1450,
+    // quoting its IPv4 header and the first 8 bytes after it.
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1450u16.to_be_bytes());
+    icmp.extend_from_slice(&f[14..42]);
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut want = eth(MAC_A, MAC_B, 0x0800);
+    want.extend(ipv4(B, A, 1, icmp.len(), 0, 0xc0));
+    want.extend(icmp);
+    assert_eq!(out, want, "ICMP reply bytes");
+    assert_eq!(csum(&out[34..]), 0, "ICMP checksum verifies");
+
+    // Without DF there is no one to tell: just the counted drop.
+    let mut f = f.clone();
+    f[20..22].copy_from_slice(&[0, 0]);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    expect_drop(&mut bed, DropReason::TooBig, "too big, no DF", |b| b.from_container(&f).0, TC_ACT_SHOT);
+
     let f = inner_tcp(A, B, 1, 2, 1450 - 20);
     expect_fwd(&mut bed, FwdCounter::Encap, "just fits", |b| b.from_container(&f).0, TC_ACT_REDIRECT);
 }
