@@ -313,17 +313,18 @@ pub struct ReconcileReport {
 }
 
 /// `overlay run`: start, apply, then follow the file until SIGINT/SIGTERM.
+///
+/// The file must parse at start (the node's address locates the underlay). After that, a state
+/// that fails validation is reported once and ignored until the file changes; one that is valid
+/// but cannot be applied here yet (a sandbox not created yet) is retried on every poll tick. In
+/// both cases the last good state, or at start the adopted datapath, keeps forwarding.
 pub async fn run(state_path: &Path, node: &str, run_dir: &Path, decap: DecapChoice) -> Result<()> {
     let text = std::fs::read_to_string(state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let mut parser = state::IncrementalParser::default();
     let state = parser.parse(&text, state_path)?;
     let mut agent = Agent::start(&state, node, run_dir, decap).await?;
-    let r = agent.reconcile(&state, &state_hash(&text)).await?;
-    info!(
-        endpoints = state.endpoints.len(), local = state.local_endpoints(node).count(),
-        plumbed = r.plumbed, map_writes = r.map_writes, ms = r.elapsed.as_millis() as u64, "state applied"
-    );
-    let mut last_text = text;
+    let mut follow = Follow { applied: None, failed: None };
+    follow.attempt(&mut agent, &mut parser, state_path, text).await;
 
     let mut watcher = FileWatch::new(state_path)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -333,31 +334,68 @@ pub async fn run(state_path: &Path, node: &str, run_dir: &Path, decap: DecapChoi
             _ = term.recv() => break,
             changed = watcher.next() => {
                 changed?;
-                let text = match std::fs::read_to_string(state_path) {
-                    Ok(t) => t,
-                    Err(e) => { warn!("cannot read {}: {e}; keeping the last good state", state_path.display()); continue; }
-                };
-                if text == last_text {
-                    continue;
-                }
-                let t0 = Instant::now();
-                match parser.parse(&text, state_path) {
-                    Err(e) => error!("new state rejected, keeping the last good state:\n{e}"),
-                    Ok(new) => match agent.reconcile(&new, &state_hash(&text)).await {
-                        Ok(r) => {
-                            info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes,
-                                  ms = t0.elapsed().as_millis() as u64, reconcile_ms = r.elapsed.as_millis() as u64,
-                                  "state change applied");
-                            last_text = text;
-                        }
-                        Err(e) => error!("state change not applied, keeping the last good state: {e:#}"),
-                    },
+                match std::fs::read_to_string(state_path) {
+                    Ok(text) => follow.attempt(&mut agent, &mut parser, state_path, text).await,
+                    Err(e) => warn!("cannot read {}: {e}; keeping the last good state", state_path.display()),
                 }
             }
         }
     }
     info!("stopping; the datapath keeps forwarding (use `overlay down` to remove it)");
     Ok(())
+}
+
+/// What the agent did with the versions of the file it has seen.
+struct Follow {
+    /// Text of the state last applied.
+    applied: Option<String>,
+    /// Text last refused, why, and whether trying again can help.
+    failed: Option<(String, String, bool)>,
+}
+
+impl Follow {
+    async fn attempt(&mut self, agent: &mut Agent, parser: &mut state::IncrementalParser, path: &Path, text: String) {
+        if self.applied.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        if let Some((t, _, false)) = &self.failed {
+            if *t == text {
+                return;
+            }
+        }
+        let first = self.applied.is_none();
+        let t0 = Instant::now();
+        let state = match parser.parse(&text, path) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("new state rejected, keeping the last good state:\n{e}");
+                self.failed = Some((text, e.to_string(), false));
+                return;
+            }
+        };
+        match agent.reconcile(&state, &state_hash(&text)).await {
+            Ok(r) => {
+                let ms = t0.elapsed().as_millis() as u64;
+                if first {
+                    info!(endpoints = state.endpoints.len(), local = state.local_endpoints(&agent.node).count(),
+                          plumbed = r.plumbed, map_writes = r.map_writes, ms = r.elapsed.as_millis() as u64, "state applied");
+                } else {
+                    info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes, ms,
+                          reconcile_ms = r.elapsed.as_millis() as u64, "state change applied");
+                }
+                self.applied = Some(text);
+                self.failed = None;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let repeated = matches!(&self.failed, Some((t, m, _)) if *t == text && *m == msg);
+                if !repeated {
+                    error!("state not applied (will retry), keeping the last good state: {msg}");
+                }
+                self.failed = Some((text, msg, true));
+            }
+        }
+    }
 }
 
 /// Wakes on changes to the state file: inotify on its directory (editors replace files by

@@ -127,8 +127,18 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Result<Self> {
+        Self::create(&Self::unique_name(tag))
+    }
+
+    /// A name no namespace of this or any other run has, for one to be created later.
+    pub fn unique_name(tag: &str) -> String {
         init();
-        let name = unique(tag);
+        unique(tag)
+    }
+
+    pub fn create(name: &str) -> Result<Self> {
+        init();
+        let name = name.to_string();
         run(Command::new("ip").args(["netns", "add", &name]))?;
         LIVE.lock().unwrap().push(name.clone());
         let ns = Self { name };

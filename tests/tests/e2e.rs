@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use overlay_tests::{wait_for, Cluster, ClusterSpec};
+use overlay_tests::{wait_for, Cluster, ClusterSpec, Netns};
 
 fn three_nodes(decap: Option<&str>) -> ClusterSpec {
     let mut s = ClusterSpec::default()
@@ -232,4 +232,22 @@ fn too_big_packets_teach_the_sender_its_path_mtu() {
     assert!(c.tcp("web.1", "web.2", 2_000_000), "TCP stalled on the too-big path");
     assert!(c.counter("node-a", "forwarded", "icmp-frag-needed") > 0);
     assert!(c.counter("node-a", "dropped", "too-big") > 0);
+}
+
+#[test]
+fn a_sandbox_that_appears_later_is_plumbed_without_a_file_change() {
+    let mut c = Cluster::up(two_nodes()).unwrap();
+    let name = Netns::unique_name("late");
+    let text = c.render_state()
+        + &format!("[[endpoints]]\nname = \"late.1\"\nnetwork = \"app-net\"\nnode = \"node-a\"\nip = \"10.0.9.9\"\nnetns = \"/var/run/netns/{name}\"\n");
+    let before = c.applied_hash("node-a");
+    c.write_state(&text).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || c.agent_log("node-a").contains("will retry")), "{}", c.agent_log("node-a"));
+    assert_eq!(c.applied_hash("node-a"), before, "a state that cannot be applied changed something");
+    assert!(c.ping("web.1", "web.2"), "the last good state must keep forwarding");
+    // The container's sandbox appears; the file does not change. The agent retries by itself.
+    let late = Netns::create(&name).unwrap();
+    c.wait_applied(Duration::from_secs(10)).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || late.ok("ping -c1 -W1 10.0.9.4")), "late sandbox not reachable");
+    assert_eq!(c.agent_log("node-a").matches("will retry").count(), 1, "the same failure was logged more than once");
 }
