@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use overlay_common::{
-    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, EP_LOCAL},
+    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, EP_LOCAL, MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_NETWORKS},
     vxlan::ENCAP_OVERHEAD,
 };
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,8 @@ pub struct Agent {
     record: Record,
     /// What the maps hold (read once at start, then tracked).
     current: Contents,
+    /// Networks already warned about for an MTU that does not fit the underlay.
+    mtu_warned: HashSet<(String, u32)>,
 }
 
 fn recorded(ep: &Endpoint, state: &ClusterState, underlay_mtu: u32, plumbed: Plumbed) -> RecordedEndpoint {
@@ -222,7 +224,7 @@ impl Agent {
             underlay = %underlay.name, mtu = underlay.mtu, decap = %mode, adopted,
             "datapath loaded{}", if adopted { " (adopted the running one)" } else { "" }
         );
-        Ok(Self { node: node.to_string(), paths, nl, dp, underlay, record, current })
+        Ok(Self { node: node.to_string(), paths, nl, dp, underlay, record, current, mtu_warned: HashSet::new() })
     }
 
     /// Make this node match `state`. Validation happens before anything is touched; a state
@@ -235,10 +237,23 @@ impl Agent {
                 problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
             )
         })?;
+        // The datapath's maps have fixed sizes: refuse a state that cannot fit before touching anything.
+        let local = state.local_endpoints(&self.node).count();
+        for (what, n, max) in [
+            ("endpoints", state.endpoints.len(), MAX_ENDPOINTS),
+            ("networks", state.networks.len(), MAX_NETWORKS),
+            ("endpoints on this node", local, MAX_LOCAL_IFACES),
+        ] {
+            if n > max as usize {
+                bail!("the state has {n} {what}; the datapath holds at most {max}");
+            }
+        }
         for net in state.networks.values() {
-            if network_mtu(net, self.underlay.mtu) + ENCAP_OVERHEAD > self.underlay.mtu {
-                warn!(network = %net.name, "mtu {} does not fit the underlay ({}) once encapsulated: larger packets are dropped as too-big",
-                      network_mtu(net, self.underlay.mtu), self.underlay.mtu);
+            let mtu = network_mtu(net, self.underlay.mtu);
+            if mtu + ENCAP_OVERHEAD > self.underlay.mtu && self.mtu_warned.insert((net.name.clone(), mtu)) {
+                warn!(network = %net.name,
+                      "mtu {mtu} does not fit the underlay ({}) once encapsulated: DF senders are told the MTU \
+                       that fits (ICMP fragmentation needed), other too-big packets are dropped", self.underlay.mtu);
             }
         }
 

@@ -220,8 +220,9 @@ impl Datapath {
         Ok(Contents { config, networks, endpoints, local_ifaces })
     }
 
-    /// Bring the maps from `current` to `desired`: additions and changes first (a moved
-    /// endpoint is overwritten in one update), removals last. Returns the number of writes.
+    /// Bring the maps from `current` to `desired`. Removals first: the entries are going
+    /// anyway, and a map at its capacity then has room for the additions; a moved endpoint is
+    /// one in-place update. Returns the number of writes.
     pub fn apply(&mut self, current: &Contents, desired: &Contents) -> Result<usize> {
         let mut writes = 0;
         if current.config != desired.config {
@@ -267,18 +268,18 @@ fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
 ) -> Result<usize> {
     let mut m = BpfHashMap::<_, K, V>::try_from(map)?;
     let mut writes = 0;
-    for (k, v) in desired {
-        if current.get(k) != Some(v) {
-            m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
-            writes += 1;
-        }
-    }
     for k in current.keys() {
         if !desired.contains_key(k) {
             match m.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing from {name}")),
             }
+            writes += 1;
+        }
+    }
+    for (k, v) in desired {
+        if current.get(k) != Some(v) {
+            m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
             writes += 1;
         }
     }
