@@ -1,6 +1,10 @@
 //! Two nodes in namespaces, four datapaths on the same topology, measured in the same run:
 //! routed veth (no encapsulation, the limit of this rig), a kernel vxlan device + bridge per
 //! network (Docker's overlay driver), and ours with TC and with XDP decapsulation.
+//!
+//! All four are built first and then measured in interleaved rounds, and each figure is the
+//! median of its rounds: the load of a shared machine drifts over minutes, and measuring one
+//! datapath after the other would hand that drift to whichever ran at a bad moment.
 
 use std::time::Duration;
 
@@ -88,6 +92,7 @@ fn iperf(rig: &Rig, args: &str) -> Result<serde_json::Value> {
     serde_json::from_str(&out).context("iperf3 output")
 }
 
+#[derive(Clone, Copy, Default)]
 struct Measured {
     tcp1_gbps: f64,
     tcp4_gbps: f64,
@@ -116,36 +121,63 @@ fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
     Ok(Measured { tcp1_gbps: tcp1, tcp4_gbps: tcp4, udp_pps, rr_per_s: num(1) / secs as f64, rr_p50_us: num(3), rr_p99_us: num(5) })
 }
 
+fn build(dp: &str) -> Result<Rig> {
+    let ours = |decap: &str| {
+        let mut s = spec().node("node-a", "192.168.50.11").node("node-b", "192.168.50.12");
+        s.decap = Some(decap.into());
+        Cluster::up(s)
+    };
+    Ok(match dp {
+        "routed veth (no encap)" => routed_rig()?,
+        "kernel vxlan + bridge" => cluster_rig(Cluster::up(spec().kernel_node("node-a", "192.168.50.11").kernel_node("node-b", "192.168.50.12"))?),
+        "ours, TC decap" => cluster_rig(ours("tc")?),
+        _ => {
+            let c = ours("xdp")?;
+            // See README, Limits: XDP on a veth underlay needs senders that fill in checksums.
+            for ns in c.containers.values() {
+                ns.sh("ethtool -K eth0 tx off >/dev/null")?;
+            }
+            cluster_rig(c)
+        }
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 pub fn run(report: &mut Report, quick: bool) -> Result<()> {
-    let secs = if quick { 1 } else { 5 };
+    let (secs, rounds) = if quick { (1, 1) } else { (3, 3) };
     let refname = DATAPATHS[0];
+    let mut rigs = Vec::new();
     for dp in DATAPATHS {
-        let rig = match dp {
-            "routed veth (no encap)" => routed_rig()?,
-            "kernel vxlan + bridge" => cluster_rig(Cluster::up(spec().kernel_node("node-a", "192.168.50.11").kernel_node("node-b", "192.168.50.12"))?),
-            "ours, TC decap" => {
-                let mut s = spec().node("node-a", "192.168.50.11").node("node-b", "192.168.50.12");
-                s.decap = Some("tc".into());
-                cluster_rig(Cluster::up(s)?)
-            }
-            _ => {
-                let mut s = spec().node("node-a", "192.168.50.11").node("node-b", "192.168.50.12");
-                s.decap = Some("xdp".into());
-                let c = Cluster::up(s)?;
-                // See README, Limits: XDP on a veth underlay needs senders that fill in checksums.
-                for ns in c.containers.values() {
-                    ns.sh("ethtool -K eth0 tx off >/dev/null")?;
-                }
-                cluster_rig(c)
-            }
+        rigs.push(build(dp).with_context(|| format!("building {dp}"))?);
+    }
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); rigs.len()];
+    for _ in 0..rounds {
+        for (i, rig) in rigs.iter().enumerate() {
+            runs[i].push(measure(rig, secs).with_context(|| format!("measuring {}", DATAPATHS[i]))?);
+        }
+    }
+    for (i, dp) in DATAPATHS.iter().enumerate() {
+        let pick = |f: fn(&Measured) -> f64| median(&mut runs[i].iter().map(f).collect::<Vec<_>>());
+        let m = Measured {
+            tcp1_gbps: pick(|m| m.tcp1_gbps),
+            tcp4_gbps: pick(|m| m.tcp4_gbps),
+            udp_pps: pick(|m| m.udp_pps),
+            rr_per_s: pick(|m| m.rr_per_s),
+            rr_p50_us: pick(|m| m.rr_p50_us),
+            rr_p99_us: pick(|m| m.rr_p99_us),
         };
-        let m = measure(&rig, secs).with_context(|| format!("measuring {dp}"))?;
+        let dp = *dp;
         let r = |m: &str| if dp == refname { None } else { Some(format!("{refname}: {m}")) };
-        let note = if dp.contains("XDP") { "senders with checksum offload off (veth underlay)" } else { "" };
-        report.add(SECTION, &format!("{dp}: TCP 1 stream"), m.tcp1_gbps, "Gbit/s", r("TCP 1 stream").as_deref(), note);
-        report.add(SECTION, &format!("{dp}: TCP 4 streams"), m.tcp4_gbps, "Gbit/s", r("TCP 4 streams").as_deref(), note);
-        report.add(SECTION, &format!("{dp}: UDP 64 B"), m.udp_pps, "pkt/s received", r("UDP 64 B").as_deref(), note);
-        report.add(SECTION, &format!("{dp}: TCP RR"), m.rr_per_s, "transactions/s", r("TCP RR").as_deref(), &format!("p50 {:.0} us", m.rr_p50_us));
+        let rounds_note = format!("median of {rounds} x {secs} s");
+        let note = if dp.contains("XDP") { format!("{rounds_note}; senders with checksum offload off (veth underlay)") } else { rounds_note.clone() };
+        report.add(SECTION, &format!("{dp}: TCP 1 stream"), m.tcp1_gbps, "Gbit/s", r("TCP 1 stream").as_deref(), &note);
+        report.add(SECTION, &format!("{dp}: TCP 4 streams"), m.tcp4_gbps, "Gbit/s", r("TCP 4 streams").as_deref(), &note);
+        report.add(SECTION, &format!("{dp}: UDP 64 B"), m.udp_pps, "pkt/s received", r("UDP 64 B").as_deref(), &note);
+        report.add(SECTION, &format!("{dp}: TCP RR"), m.rr_per_s, "transactions/s", r("TCP RR").as_deref(), &format!("p50 {:.0} us; {rounds_note}", m.rr_p50_us));
         report.add(SECTION, &format!("{dp}: TCP RR p99 latency"), m.rr_p99_us, "us", r("TCP RR p99 latency").as_deref(), "lower is better");
     }
     let kernel = DATAPATHS[1];
