@@ -39,7 +39,7 @@ pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Option<i32> {
     icmp[1] = 4; // fragmentation needed and DF set
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
     icmp[8..].copy_from_slice(&quote);
-    let c = csum36(&icmp);
+    let c = csum(&icmp, 2);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
 
     let mut ip = [0u8; IPV4_LEN];
@@ -65,20 +65,4 @@ pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Option<i32> {
     unsafe { *dst = out };
     stats::fwd(FwdCounter::IcmpFragNeeded);
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
-}
-
-/// Internet checksum of the 36-byte ICMP message (checksum field taken as zero).
-#[inline(always)]
-fn csum36(b: &[u8; ICMP_LEN + QUOTE_LEN]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < ICMP_LEN + QUOTE_LEN {
-        if i != 2 {
-            sum += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
-        }
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

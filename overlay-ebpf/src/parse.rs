@@ -55,13 +55,13 @@ pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Internet checksum of a 20-byte IPv4 header (no options), checksum field taken as zero.
+/// Internet checksum of a fixed-size header; the checksum field at `skip` is taken as zero.
 #[inline(always)]
-pub fn ipv4_csum(h: &[u8; IPV4_LEN]) -> u16 {
+pub fn csum<const N: usize>(h: &[u8; N], skip: usize) -> u16 {
     let mut sum: u32 = 0;
     let mut i = 0;
-    while i < IPV4_LEN {
-        if i != 10 {
+    while i + 1 < N {
+        if i != skip {
             sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
         }
         i += 2;
@@ -69,4 +69,10 @@ pub fn ipv4_csum(h: &[u8; IPV4_LEN]) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
+}
+
+/// Checksum of a 20-byte IPv4 header (no options).
+#[inline(always)]
+pub fn ipv4_csum(h: &[u8; IPV4_LEN]) -> u16 {
+    csum(h, 10)
 }
