@@ -283,6 +283,24 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// The reference cluster of the demo and the end-to-end tests: three nodes, two networks,
+    /// containers of both networks on every node (web.1 and web.4 share node-a).
+    pub fn three_nodes_two_networks() -> Self {
+        Self::default()
+            .node("node-a", "192.168.50.11")
+            .node("node-b", "192.168.50.12")
+            .node("node-c", "192.168.50.13")
+            .network("app-net", 4097, "10.0.9.0/24")
+            .network("db-net", 4098, "10.0.10.0/24")
+            .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
+            .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
+            .endpoint("web.3", "app-net", "node-c", "10.0.9.5")
+            .endpoint("web.4", "app-net", "node-a", "10.0.9.6")
+            .endpoint("db.1", "db-net", "node-a", "10.0.10.3")
+            .endpoint("db.2", "db-net", "node-b", "10.0.10.4")
+            .endpoint("db.3", "db-net", "node-c", "10.0.10.5")
+    }
+
     pub fn node(mut self, name: &str, address: &str) -> Self {
         self.nodes.push(NodeSpec { name: name.into(), address: address.into(), ours: true });
         self

@@ -8,18 +8,9 @@ use overlay_tests::{overlay_bin, Cluster, ClusterSpec};
 
 fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .node("node-c", "192.168.50.13")
-        .network("app-net", 4097, "10.0.9.0/24")
-        .network("db-net", 4098, "10.0.10.0/24")
-        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
-        .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
-        .endpoint("web.3", "app-net", "node-c", "10.0.9.5")
-        .endpoint("db.1", "db-net", "node-a", "10.0.10.3")
-        .endpoint("db.2", "db-net", "node-c", "10.0.10.4");
-    println!("Bringing up 3 nodes, 2 overlay networks, 5 containers (all in network namespaces)...");
+    let spec = ClusterSpec::three_nodes_two_networks();
+    println!("Bringing up {} nodes, {} overlay networks, {} containers (all in network namespaces)...",
+             spec.nodes.len(), spec.networks.len(), spec.endpoints.len());
     let t0 = Instant::now();
     let mut c = Cluster::up(spec)?;
     println!("Agents applied the state in {:.1}s.\n", t0.elapsed().as_secs_f64());
