@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod fsutil;
 pub mod netns;
 pub mod plumb;
 pub mod state;
