@@ -1,0 +1,134 @@
+//! The cluster state: what the agent is told to build. The pipeline is
+//! text -> `raw` (TOML tables, unknown keys refused) -> `validate` (every problem at once, each
+//! naming its entry and field) -> `ClusterState`. `incremental` re-parses only the tables that
+//! changed; `local` holds the checks that only make sense on the node itself.
+
+mod error;
+mod incremental;
+mod local;
+mod raw;
+mod validate;
+mod values;
+
+use std::{collections::BTreeMap, fmt, io::Read as _, net::Ipv4Addr, path::Path, path::PathBuf};
+
+use rustc_hash::FxHashMap;
+
+pub use error::{list as list_problems, Problem, StateError};
+pub use incremental::IncrementalParser;
+pub use local::check_for_node;
+pub use values::{format_mac, parse_mac, valid_node_name};
+
+/// A state file larger than this is refused before it is parsed: parsing costs tens of times the
+/// file's size in memory, and a bad config must never take a node down. 8 MiB holds about
+/// 100,000 endpoints.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+    pub fn broadcast(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+    /// CIDR blocks overlap exactly when one contains the other's base address.
+    pub fn overlaps(self, other: Subnet) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Subnet,
+    pub gateway: Option<Ipv4Addr>,
+    /// `None`: underlay MTU minus the VXLAN overhead, known only on the node.
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    pub network: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+}
+
+/// A validated state. Cross-references (network, node) are known to resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterState {
+    pub vxlan_port: u16,
+    pub nodes: BTreeMap<String, Node>,
+    pub networks: BTreeMap<String, Network>,
+    /// Large (10,000s): hashed, not ordered.
+    pub endpoints: FxHashMap<String, Endpoint>,
+}
+
+impl ClusterState {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+    pub fn network_of(&self, ep: &Endpoint) -> &Network {
+        &self.networks[&ep.network]
+    }
+    pub fn local_endpoints<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints.values().filter(move |e| e.node == node)
+    }
+}
+
+/// Read a state file's text, refusing files over `MAX_FILE_BYTES` without reading them whole.
+pub fn read(path: &Path) -> Result<String, StateError> {
+    let io = |source| StateError::Read { path: path.into(), source };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(text.len() as u64);
+        return Err(StateError::TooLarge { path: path.into(), size, limit: MAX_FILE_BYTES });
+    }
+    Ok(text)
+}
+
+pub fn load(path: &Path) -> Result<ClusterState, StateError> {
+    parse(&read(path)?, path)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<ClusterState, StateError> {
+    let raw: raw::RawState =
+        toml::from_str(text).map_err(|e| StateError::Syntax { path: path.into(), message: e.to_string() })?;
+    let mut refs = raw::RawRefs::default();
+    refs.add(&raw);
+    validate::validate(refs).map_err(|problems| StateError::Invalid { path: path.into(), problems })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+//! The state file as TOML gives it: every field as written, nothing checked yet. Unknown keys are
+//! rejected here, so a typo never passes as a default.
+
+use serde::Deserialize;
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub cluster: Option<RawCluster>,
+    #[serde(default)]
+    pub nodes: Vec<RawNode>,
+    #[serde(default)]
+    pub networks: Vec<RawNetwork>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub vxlan_port: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNode {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    pub name: String,
+    pub vni: i64,
+    pub subnet: String,
+    pub gateway: Option<String>,
+    pub mtu: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    pub name: String,
+    pub network: String,
+    pub node: String,
+    pub ip: String,
+    pub mac: Option<String>,
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+}
+
+/// Borrowed view of one or more parsed tables, in file order: validation reads this, so tables
+/// cached by the incremental parser are never copied.
+#[derive(Default)]
+pub(super) struct RawRefs<'a> {
+    pub cluster: Option<&'a RawCluster>,
+    pub nodes: Vec<&'a RawNode>,
+    pub networks: Vec<&'a RawNetwork>,
+    pub endpoints: Vec<&'a RawEndpoint>,
+}
+
+impl<'a> RawRefs<'a> {
+    pub fn add(&mut self, r: &'a RawState) {
+        if let Some(c) = &r.cluster {
+            self.cluster = Some(c);
+        }
+        self.nodes.extend(r.nodes.iter());
+        self.networks.extend(r.networks.iter());
+        self.endpoints.extend(r.endpoints.iter());
+    }
+}
