@@ -1,13 +1,15 @@
 //! The overlay agent: reads the cluster state, plumbs local endpoints and fills the datapath.
 //!
-//! - `state`: the state file (TOML), its validation.
-//! - `datapath`: loading the kernel programs, pins, attachments, map contents, counters.
-//! - `netns`, `plumb`: network namespaces and the veth plumbing of local endpoints.
-//! - `agent`: the reconcile loop (`overlay run`) and `overlay down`.
+//! - `state`: the desired state (TOML), parsed and validated, every problem at once.
+//! - `agent`: the pipeline and its loop: a state source, reconcile, the applied record; `down`.
+//! - `datapath`: what the maps should hold (`contents`), loading, pins, attachments, counters.
+//! - `plumb`, `netlink`, `netns`: the veth of each local endpoint, through one netlink owner.
+//! - `fsutil`: files written atomically.
 
 pub mod agent;
 pub mod datapath;
 pub mod fsutil;
+pub mod netlink;
 pub mod netns;
 pub mod plumb;
 pub mod state;

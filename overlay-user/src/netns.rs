@@ -3,8 +3,17 @@
 
 use std::{fs::File, os::fd::AsFd, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use nix::sched::{setns, CloneFlags};
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Whether `path` is a network namespace (a file on nsfs, as `ip netns add` makes). Checked with
+/// statfs before anything opens it: opening a FIFO put there by mistake would block forever.
+pub fn is_netns(path: &Path) -> Result<bool> {
+    let st = nix::sys::statfs::statfs(path).with_context(|| format!("looking at {}", path.display()))?;
+    Ok(st.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
 
 /// While alive, the current thread is in another network namespace.
 pub struct Entered {
@@ -13,6 +22,9 @@ pub struct Entered {
 
 impl Entered {
     pub fn enter(path: &Path) -> Result<Self> {
+        if !is_netns(path)? {
+            bail!("{} is not a network namespace", path.display());
+        }
         let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
         let target = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
         setns(target.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", path.display()))?;

@@ -1,0 +1,121 @@
+//! `overlay run`: apply the first state, then follow the source until SIGINT/SIGTERM.
+//!
+//! The first version must be valid (the node's address locates the underlay). After that, an
+//! invalid version is reported once and ignored; the last good state keeps running. Every 2 s the
+//! last good state is applied again: that retries endpoints that could not be plumbed yet and
+//! repairs what changed under the agent (a sandbox recreated, a veth deleted), touching only what
+//! differs.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::Result;
+use tracing::{error, info, warn};
+
+use super::{Agent, ReconcileReport, StateSource, Version};
+use crate::{datapath::DecapMode, state::ClusterState};
+
+const RETRY: Duration = Duration::from_secs(2);
+
+pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap: Option<DecapMode>) -> Result<()> {
+    let first = source.first().await?;
+    let state = first.state?;
+    let mut agent = Agent::start(&state, node, run_dir, decap).await?;
+    let mut follow = Follow::default();
+    follow.apply(&mut agent, state, first.revision).await;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            v = source.next() => follow.offer(&mut agent, v?).await,
+            _ = tick.tick() => follow.tick(&mut agent).await,
+        }
+    }
+    info!("stopping; the datapath keeps forwarding (use `overlay down` to remove it)");
+    Ok(())
+}
+
+/// What the agent did with the versions it has seen, so each problem is logged once.
+#[derive(Default)]
+struct Follow {
+    /// The last state applied (perhaps with some endpoints failing), kept for retries and repairs.
+    good: Option<(ClusterState, String)>,
+    /// A valid state that could not be applied at all yet: retried on every tick.
+    pending: Option<(ClusterState, String)>,
+    /// Last message logged for the source and for each failing endpoint.
+    said: Option<String>,
+    failing: BTreeMap<String, String>,
+}
+
+impl Follow {
+    async fn offer(&mut self, agent: &mut Agent, v: Version) {
+        match v.state {
+            Ok(state) => self.apply(agent, state, v.revision).await,
+            Err(e) => {
+                let msg = e.to_string();
+                if self.said.as_deref() != Some(msg.as_str()) {
+                    error!("new state rejected, keeping the last good state:\n{msg}");
+                    self.said = Some(msg);
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self, agent: &mut Agent) {
+        if let Some((state, rev)) = self.pending.take() {
+            self.apply(agent, state, rev).await;
+        } else if let Some((state, rev)) = self.good.take() {
+            self.apply(agent, state, rev).await;
+        }
+    }
+
+    async fn apply(&mut self, agent: &mut Agent, state: ClusterState, revision: String) {
+        let first = self.good.is_none() && self.pending.is_none() && self.said.is_none();
+        let again = self.good.as_ref().is_some_and(|(_, r)| *r == revision);
+        match agent.reconcile(&state, &revision).await {
+            Ok(r) => {
+                self.log_applied(agent, &state, &r, first, again);
+                self.good = Some((state, revision));
+                self.pending = None;
+                self.said = None;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.said.as_deref() != Some(msg.as_str()) {
+                    error!("state not applied (will retry), keeping the last good state: {msg}");
+                    self.said = Some(msg);
+                }
+                self.pending = Some((state, revision));
+            }
+        }
+    }
+
+    fn log_applied(&mut self, agent: &Agent, state: &ClusterState, r: &ReconcileReport, first: bool, again: bool) {
+        let ms = r.elapsed.as_millis() as u64;
+        let failed = r.failed.len();
+        if first {
+            let local = state.local_endpoints(agent.node()).count();
+            info!(endpoints = state.endpoints.len(), local, plumbed = r.plumbed, failed, map_writes = r.map_writes, ms,
+                  "state applied");
+        } else if !again {
+            info!(plumbed = r.plumbed, unplumbed = r.unplumbed, failed, map_writes = r.map_writes, ms,
+                  "state change applied");
+        } else if r.plumbed + r.unplumbed + r.map_writes > 0 {
+            info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes, ms, "repaired");
+        }
+        for (ep, why) in &r.failed {
+            if self.failing.get(ep) != Some(why) {
+                warn!(endpoint = %ep, "endpoint not plumbed (will retry): {why}");
+            }
+        }
+        for ep in self.failing.keys().filter(|e| !r.failed.contains_key(*e)) {
+            if r.plumbed > 0 || r.unplumbed > 0 {
+                info!(endpoint = %ep, "endpoint plumbed after earlier failures");
+            }
+        }
+        self.failing = r.failed.clone();
+    }
+}

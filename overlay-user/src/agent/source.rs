@@ -1,0 +1,72 @@
+//! Where the desired cluster state comes from. The agent's loop sees only `StateSource`: the
+//! state file today; a key-value store or the Docker API later, without touching reconcile.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::{record::state_hash, watch::FileWatch};
+use crate::state::{self, ClusterState, StateError};
+
+/// One version of the desired state, valid or not.
+pub struct Version {
+    /// Identifies the version (recorded once applied; tests and tools wait on it).
+    pub revision: String,
+    pub state: Result<ClusterState, StateError>,
+}
+
+#[allow(async_fn_in_trait)] // used with concrete types only: no Send bound needed
+pub trait StateSource {
+    /// The current version, at start.
+    async fn first(&mut self) -> Result<Version>;
+    /// Waits for a version different from the last one returned.
+    async fn next(&mut self) -> Result<Version>;
+}
+
+/// The state file, followed with inotify and parsed incrementally.
+pub struct FileSource {
+    path: PathBuf,
+    parser: state::IncrementalParser,
+    watch: FileWatch,
+    last_text: Option<String>,
+}
+
+impl FileSource {
+    pub fn new(path: &Path) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            parser: Default::default(),
+            watch: FileWatch::new(path)?,
+            last_text: None,
+        })
+    }
+
+    fn version(&mut self, text: String) -> Version {
+        let state = self.parser.parse(&text, &self.path);
+        let revision = state_hash(&text);
+        self.last_text = Some(text);
+        Version { revision, state }
+    }
+}
+
+impl StateSource for FileSource {
+    async fn first(&mut self) -> Result<Version> {
+        let text = state::read(&self.path)?;
+        Ok(self.version(text))
+    }
+
+    async fn next(&mut self) -> Result<Version> {
+        loop {
+            self.watch.next().await?;
+            match state::read(&self.path) {
+                Ok(text) if self.last_text.as_deref() == Some(text.as_str()) => {}
+                Ok(text) => return Ok(self.version(text)),
+                Err(e) => {
+                    // Reported like an invalid version: the last good state keeps running.
+                    self.last_text = None;
+                    return Ok(Version { revision: String::new(), state: Err(e) });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Every netlink call the agent makes goes through `Netlink`: one socket bound to one network
+//! namespace, with the operations the agent needs named for what they do. Lookups of something
+//! that is not there return `None`, not an error.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkFlag, LinkInfo, LinkMessage},
+};
+use rtnetlink::Handle;
+
+use crate::netns;
+
+/// A link as the agent sees it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    pub up: bool,
+    pub is_veth: bool,
+}
+
+impl From<&LinkMessage> for Link {
+    fn from(m: &LinkMessage) -> Self {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mtu: 1500,
+            mac: Vec::new(),
+            up: m.header.flags.contains(&LinkFlag::Up),
+            is_veth: false,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Mtu(n) => l.mtu = *n,
+                LinkAttribute::Address(a) => l.mac = a.clone(),
+                LinkAttribute::LinkInfo(infos) => {
+                    l.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+fn is_no_device(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::ENODEV)
+}
+
+/// A netlink socket bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Bound to the calling thread's namespace. Needs a tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Bound to the namespace at `path`: the socket is created inside it and stays there.
+    pub fn connect_in(path: &Path) -> Result<Self> {
+        netns::run_in(path, Self::connect)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Link::from)),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.context("listing links")?;
+        Ok(msgs.iter().map(Link::from).collect())
+    }
+
+    /// Deleting a link that is already gone succeeds.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_no_device(&e) => Ok(()),
+            Err(e) => Err(e).context("deleting link"),
+        }
+    }
+
+    pub async fn delete_link_named(&self, name: &str) -> Result<()> {
+        match self.link(name).await? {
+            Some(l) => self.delete_link(l.index).await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add()
+            .veth(name.to_string(), peer.to_string())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {name}"))
+    }
+
+    /// Move a link of this namespace into the namespace at `netns`.
+    pub async fn move_to_netns(&self, index: u32, netns: &Path) -> Result<()> {
+        let fd = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(fd.as_raw_fd())
+            .execute()
+            .await
+            .with_context(|| format!("moving link {index} into {}", netns.display()))
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        let r = self.handle.link().set(index).name(name.to_string()).execute().await;
+        r.with_context(|| format!("renaming link {index} to {name}"))
+    }
+
+    /// A MAC can only change while the link is down: it is left down.
+    pub async fn set_mac(&self, index: u32, mac: &[u8; 6]) -> Result<()> {
+        self.set_down(index).await?;
+        self.handle.link().set(index).address(mac.to_vec()).execute().await.context("setting a MAC address")
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle.link().set(index).mtu(mtu).execute().await.with_context(|| format!("setting MTU {mtu}"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle.link().set(index).up().execute().await.with_context(|| format!("bringing link {index} up"))
+    }
+
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle.link().set(index).down().execute().await.with_context(|| format!("taking link {index} down"))
+    }
+
+    /// IPv4 addresses of a link with their prefix lengths.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self.address_messages(Some(index)).await?.iter().filter_map(ipv4_of).collect())
+    }
+
+    /// Make `ip/prefix` the only IPv4 address of the link.
+    pub async fn set_only_ipv4(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut have = false;
+        for m in self.address_messages(Some(index)).await? {
+            match ipv4_of(&m) {
+                Some(a) if a == (ip, prefix) => have = true,
+                Some(_) => self.handle.address().del(m).execute().await.context("removing an old address")?,
+                None => {}
+            }
+        }
+        if !have {
+            let r = self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await;
+            r.with_context(|| format!("adding {ip}/{prefix}"))?;
+        }
+        Ok(())
+    }
+
+    /// The link holding `address`, if any.
+    pub async fn link_with_address(&self, address: Ipv4Addr) -> Result<Option<Link>> {
+        let index = self.address_messages(None).await?.iter().find(|m| ipv4_of(m).map(|a| a.0) == Some(address)).map(|m| m.header.index);
+        let Some(index) = index else { return Ok(None) };
+        Ok(self.links().await?.into_iter().find(|l| l.index == index))
+    }
+
+    async fn address_messages(&self, index: Option<u32>) -> Result<Vec<AddressMessage>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        req.execute().try_collect().await.context("listing addresses")
+    }
+}
+
+fn ipv4_of(m: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+        _ => None,
+    })
+}
+
+/// The underlay interface: the one holding the node's address.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Underlay {
+    pub ifindex: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub is_veth: bool,
+}
+
+pub async fn find_underlay(nl: &Netlink, address: Ipv4Addr) -> Result<Underlay> {
+    let l = nl
+        .link_with_address(address)
+        .await?
+        .ok_or_else(|| anyhow!("no interface in this network namespace holds the node address {address}"))?;
+    Ok(Underlay { ifindex: l.index, name: l.name, mtu: l.mtu, is_veth: l.is_veth })
+}
