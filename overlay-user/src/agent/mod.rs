@@ -195,6 +195,9 @@ impl Agent {
         if !netns.exists() {
             return Err(anyhow!("netns {} does not exist on this node", netns.display()));
         }
+        if !crate::netns::is_netns(&netns)? {
+            return Err(anyhow!("{} is not a network namespace", netns.display()));
+        }
         Ok(VethSpec {
             netns,
             ifname: ep.ifname.clone(),

@@ -12,8 +12,11 @@ pub fn check_for_node(state: &ClusterState, node: &str) -> Result<(), Vec<Proble
         let entry = format!("endpoints \"{}\"", ep.name);
         match &ep.netns {
             None => p.add(&entry, "netns", "required for an endpoint on this node (the sandbox to plumb)"),
-            Some(ns) if !ns.exists() => p.add(&entry, "netns", format!("{} does not exist on this node", ns.display())),
-            Some(_) => {}
+            Some(ns) => match crate::netns::is_netns(ns) {
+                Ok(true) => {}
+                Ok(false) => p.add(&entry, "netns", format!("{} is not a network namespace", ns.display())),
+                Err(_) => p.add(&entry, "netns", format!("{} does not exist on this node", ns.display())),
+            },
         }
     }
     p.into_result(())
