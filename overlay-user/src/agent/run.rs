@@ -21,7 +21,7 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
     let state = first.state?;
     let mut agent = Agent::start(&state, node, run_dir, decap).await?;
     let mut follow = Follow::default();
-    follow.apply(&mut agent, state, first.revision).await;
+    follow.apply(&mut agent, state, first.revision, Why::First).await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(RETRY);
@@ -36,6 +36,15 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
     }
     info!("stopping; the datapath keeps forwarding (use `overlay down` to remove it)");
     Ok(())
+}
+
+/// Why a state is being applied: only what changes something is logged.
+#[derive(Clone, Copy)]
+enum Why {
+    First,
+    Change,
+    /// The same state again: retries and repairs.
+    Repair,
 }
 
 /// What the agent did with the versions it has seen, so each problem is logged once.
@@ -53,7 +62,7 @@ struct Follow {
 impl Follow {
     async fn offer(&mut self, agent: &mut Agent, v: Version) {
         match v.state {
-            Ok(state) => self.apply(agent, state, v.revision).await,
+            Ok(state) => self.apply(agent, state, v.revision, Why::Change).await,
             Err(e) => {
                 let msg = e.to_string();
                 if self.said.as_deref() != Some(msg.as_str()) {
@@ -66,18 +75,16 @@ impl Follow {
 
     async fn tick(&mut self, agent: &mut Agent) {
         if let Some((state, rev)) = self.pending.take() {
-            self.apply(agent, state, rev).await;
+            self.apply(agent, state, rev, Why::Change).await;
         } else if let Some((state, rev)) = self.good.take() {
-            self.apply(agent, state, rev).await;
+            self.apply(agent, state, rev, Why::Repair).await;
         }
     }
 
-    async fn apply(&mut self, agent: &mut Agent, state: ClusterState, revision: String) {
-        let first = self.good.is_none() && self.pending.is_none() && self.said.is_none();
-        let again = self.good.as_ref().is_some_and(|(_, r)| *r == revision);
+    async fn apply(&mut self, agent: &mut Agent, state: ClusterState, revision: String, why: Why) {
         match agent.reconcile(&state, &revision).await {
             Ok(r) => {
-                self.log_applied(agent, &state, &r, first, again);
+                self.log_applied(agent, &state, &r, why);
                 self.good = Some((state, revision));
                 self.pending = None;
                 self.said = None;
@@ -93,18 +100,21 @@ impl Follow {
         }
     }
 
-    fn log_applied(&mut self, agent: &Agent, state: &ClusterState, r: &ReconcileReport, first: bool, again: bool) {
+    fn log_applied(&mut self, agent: &Agent, state: &ClusterState, r: &ReconcileReport, why: Why) {
         let ms = r.elapsed.as_millis() as u64;
         let failed = r.failed.len();
-        if first {
-            let local = state.local_endpoints(agent.node()).count();
-            info!(endpoints = state.endpoints.len(), local, plumbed = r.plumbed, failed, map_writes = r.map_writes, ms,
-                  "state applied");
-        } else if !again {
-            info!(plumbed = r.plumbed, unplumbed = r.unplumbed, failed, map_writes = r.map_writes, ms,
-                  "state change applied");
-        } else if r.plumbed + r.unplumbed + r.map_writes > 0 {
-            info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes, ms, "repaired");
+        match why {
+            Why::First => {
+                let local = state.local_endpoints(agent.node()).count();
+                info!(endpoints = state.endpoints.len(), local, plumbed = r.plumbed, failed, map_writes = r.map_writes,
+                      ms, "state applied");
+            }
+            Why::Change => info!(plumbed = r.plumbed, unplumbed = r.unplumbed, failed, map_writes = r.map_writes, ms,
+                                 "state change applied"),
+            Why::Repair if r.plumbed + r.unplumbed + r.map_writes > 0 => {
+                info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes, ms, "repaired")
+            }
+            Why::Repair => {}
         }
         for (ep, why) in &r.failed {
             if self.failing.get(ep) != Some(why) {
