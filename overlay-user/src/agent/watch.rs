@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 
-/// Events that come in a burst (a tool that writes, closes and renames) count as one.
-const SETTLE: Duration = Duration::from_millis(20);
+/// Events that come in one burst (a tool that writes, closes and renames) count as one. Short:
+/// every state change waits this long before it is read.
+const SETTLE: Duration = Duration::from_millis(5);
 const POLL: Duration = Duration::from_secs(2);
 /// A writer that has not closed the file after this long is taken as gone.
 const STUCK_WRITER: Duration = Duration::from_secs(30);
