@@ -9,16 +9,21 @@ pub const MAP_ENDPOINTS: &str = "OV_ENDPOINTS";
 pub const MAP_NETWORKS: &str = "OV_NETWORKS";
 /// Host-side veth ifindex -> the local endpoint behind it.
 pub const MAP_LOCAL_IFACES: &str = "OV_LOCAL_IFACES";
+/// Underlay address (network order) of every cluster node -> `NodeInfo`: decapsulation
+/// accepts VXLAN only from these.
+pub const MAP_NODES: &str = "OV_NODES";
 /// Per-CPU drop counters indexed by `DropReason`.
 pub const MAP_DROPS: &str = "OV_DROPS";
 /// Per-CPU forward counters indexed by `FwdCounter`.
 pub const MAP_FWD: &str = "OV_FWD";
 
-pub const ALL_MAPS: [&str; 6] = [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_DROPS, MAP_FWD];
+pub const ALL_MAPS: [&str; 7] =
+    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_NODES, MAP_DROPS, MAP_FWD];
 
 pub const MAX_ENDPOINTS: u32 = 131_072;
 pub const MAX_NETWORKS: u32 = 4_096;
 pub const MAX_LOCAL_IFACES: u32 = 4_096;
+pub const MAX_NODES: u32 = 16_384;
 
 /// Program names as compiled into the object.
 pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
@@ -73,6 +78,17 @@ pub struct EndpointInfo {
 pub struct NetworkInfo {
     /// MTU of the overlay network (inner frames).
     pub mtu: u32,
+    /// Zero today. Decapsulation checks every inner source against the endpoints of its network;
+    /// a network that carries outside clients (the routing mesh's ingress network) will get a
+    /// flag here selecting its own rule, keyed on connection tracking.
+    pub _reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NodeInfo {
+    /// Zero today; the entry's presence is what counts.
     pub _reserved: u32,
 }
 
@@ -87,6 +103,20 @@ pub struct LocalIface {
     pub _pad: [u8; 2],
 }
 
+// The layout is an ABI between two compilers: a change must be deliberate on both sides.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<Config>() == 16);
+    assert!(offset_of!(Config, underlay_mtu) == 8 && offset_of!(Config, vxlan_port) == 12);
+    assert!(size_of::<EndpointKey>() == 8 && offset_of!(EndpointKey, ip) == 4);
+    assert!(size_of::<EndpointInfo>() == 16);
+    assert!(offset_of!(EndpointInfo, flags) == 6 && offset_of!(EndpointInfo, ifindex) == 8);
+    assert!(offset_of!(EndpointInfo, vtep) == 12);
+    assert!(size_of::<NetworkInfo>() == 8);
+    assert!(size_of::<LocalIface>() == 16 && offset_of!(LocalIface, mac) == 8);
+    assert!(size_of::<NodeInfo>() == 4);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -96,4 +126,5 @@ mod pod {
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for LocalIface {}
+    unsafe impl aya::Pod for NodeInfo {}
 }

@@ -1,150 +1,137 @@
 //! Counters: why a packet was dropped, and what was forwarded. Indexes into per-CPU arrays.
+//! Each enum, its count, its list and its names come from one table (`counters!`), so the
+//! datapath, the agent and the CLI can never disagree on a reason.
 
-/// Every drop in the datapath has exactly one of these reasons. Index 0 is reserved.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// Packet shorter than the headers it claims (or than the path needs).
-    Truncated = 1,
-    /// IPv4 header length below 5 words.
-    BadIpHeaderLen = 2,
-    /// Outer IPv4 header with options (IHL > 5) on VXLAN to our port.
-    OuterIpOptions = 3,
-    /// IPv4 total length / UDP length inconsistent with the frame.
-    BadLength = 4,
-    /// Outer IPv4 fragment addressed to our VXLAN port (VTEPs do not reassemble).
-    OuterFragment = 5,
-    /// VXLAN header without the I flag.
-    VxlanNoIFlag = 6,
-    /// VXLAN network identifier that no network here uses.
-    UnknownVni = 7,
-    /// VLAN-tagged inner frame (not allowed on the overlay).
-    InnerVlan = 8,
-    /// Inner frame that is neither IPv4 nor ARP.
-    InnerNotIpv4 = 9,
-    /// Decapsulated frame whose destination is not an endpoint on this node.
-    DecapNotLocal = 10,
-    /// Container sent to an address that is not an endpoint of its network.
-    UnknownDestination = 11,
-    /// Container sent something other than IPv4 or ARP (IPv6, LLDP, ...).
-    NotIpv4 = 12,
-    /// ARP request for an address that is not an endpoint of the sender's network.
-    ArpUnknownTarget = 13,
-    /// ARP that is not Ethernet/IPv4, or not a request.
-    ArpUnsupported = 14,
-    /// Container used a source IPv4 address that is not its own.
-    SpoofedSource = 15,
-    /// Packet on a container interface the maps do not know (stale attach).
-    UnknownInterface = 16,
-    /// Datapath configuration missing (agent never configured this node).
-    NoConfig = 17,
-    /// The kernel FIB has no route to the peer's VTEP.
-    FibLookupFailed = 18,
-    /// Packet would exceed the underlay MTU after encapsulation.
-    TooBig = 19,
-    /// A kernel helper refused to resize or rewrite the packet.
-    HelperFailed = 20,
-    /// Broadcast or multicast IPv4 (the overlay has no flooding).
-    Broadcast = 21,
+/// Declares a `#[repr(u32)]` counter enum from one table of `Variant = index, "name"`, with
+/// `COUNT` (array size: highest index + 1), `ALL` (in table order) and `name()`.
+macro_rules! counters {
+    ($(#[$m:meta])* pub enum $ty:ident { $($(#[$vm:meta])* $v:ident = $i:literal, $name:literal;)+ }) => {
+        $(#[$m])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $ty { $($(#[$vm])* $v = $i,)+ }
+
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$v,)+];
+            /// Size of the per-CPU counter array (highest index + 1).
+            pub const COUNT: u32 = max_of(&[$($i,)+]) + 1;
+            /// Stable name used by the CLI and the tests.
+            pub const fn name(self) -> &'static str {
+                match self { $($ty::$v => $name,)+ }
+            }
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|c| c.name() == name)
+            }
+        }
+    };
 }
 
-impl DropReason {
-    /// Size of the per-CPU drop counter array (highest reason + 1).
-    pub const COUNT: u32 = 22;
-
-    pub const ALL: [DropReason; 21] = [
-        Self::Truncated,
-        Self::BadIpHeaderLen,
-        Self::OuterIpOptions,
-        Self::BadLength,
-        Self::OuterFragment,
-        Self::VxlanNoIFlag,
-        Self::UnknownVni,
-        Self::InnerVlan,
-        Self::InnerNotIpv4,
-        Self::DecapNotLocal,
-        Self::UnknownDestination,
-        Self::NotIpv4,
-        Self::ArpUnknownTarget,
-        Self::ArpUnsupported,
-        Self::SpoofedSource,
-        Self::UnknownInterface,
-        Self::NoConfig,
-        Self::FibLookupFailed,
-        Self::TooBig,
-        Self::HelperFailed,
-        Self::Broadcast,
-    ];
-
-    /// Stable name used by the CLI and the tests.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Truncated => "truncated",
-            Self::BadIpHeaderLen => "bad-ip-header-len",
-            Self::OuterIpOptions => "outer-ip-options",
-            Self::BadLength => "bad-length",
-            Self::OuterFragment => "outer-fragment",
-            Self::VxlanNoIFlag => "vxlan-no-i-flag",
-            Self::UnknownVni => "unknown-vni",
-            Self::InnerVlan => "inner-vlan",
-            Self::InnerNotIpv4 => "inner-not-ipv4",
-            Self::DecapNotLocal => "decap-not-local",
-            Self::UnknownDestination => "unknown-destination",
-            Self::NotIpv4 => "not-ipv4",
-            Self::ArpUnknownTarget => "arp-unknown-target",
-            Self::ArpUnsupported => "arp-unsupported",
-            Self::SpoofedSource => "spoofed-source",
-            Self::UnknownInterface => "unknown-interface",
-            Self::NoConfig => "no-config",
-            Self::FibLookupFailed => "fib-lookup-failed",
-            Self::TooBig => "too-big",
-            Self::HelperFailed => "helper-failed",
-            Self::Broadcast => "broadcast",
+const fn max_of(v: &[u32]) -> u32 {
+    let (mut i, mut max) = (0, 0);
+    while i < v.len() {
+        if v[i] > max {
+            max = v[i];
         }
+        i += 1;
+    }
+    max
+}
+
+counters! {
+    /// Every drop in the datapath has exactly one of these reasons. Index 0 is reserved.
+    pub enum DropReason {
+        /// Packet shorter than the headers it claims (or than the path needs).
+        Truncated = 1, "truncated";
+        /// IPv4 header length below 5 words.
+        BadIpHeaderLen = 2, "bad-ip-header-len";
+        /// Outer IPv4 header with options (IHL > 5) on VXLAN to our port.
+        OuterIpOptions = 3, "outer-ip-options";
+        /// IPv4 total length / UDP length inconsistent with the frame or too short for what it
+        /// must carry (reads are bounded by these lengths, never by the frame).
+        BadLength = 4, "bad-length";
+        /// Outer IPv4 fragment addressed to our VXLAN port (VTEPs do not reassemble).
+        OuterFragment = 5, "outer-fragment";
+        /// VXLAN header without the I flag.
+        VxlanNoIFlag = 6, "vxlan-no-i-flag";
+        /// VXLAN network identifier that no network here uses.
+        UnknownVni = 7, "unknown-vni";
+        /// VLAN-tagged inner frame (not allowed on the overlay).
+        InnerVlan = 8, "inner-vlan";
+        /// Inner frame that is neither IPv4 nor ARP.
+        InnerNotIpv4 = 9, "inner-not-ipv4";
+        /// Decapsulated frame whose destination is not an endpoint on this node.
+        DecapNotLocal = 10, "decap-not-local";
+        /// Container sent to an address that is not an endpoint of its network.
+        UnknownDestination = 11, "unknown-destination";
+        /// Container sent something other than IPv4 or ARP (IPv6, LLDP, ...).
+        NotIpv4 = 12, "not-ipv4";
+        /// ARP request for an address that is not an endpoint of the sender's network.
+        ArpUnknownTarget = 13, "arp-unknown-target";
+        /// ARP that is not Ethernet/IPv4, or not a request.
+        ArpUnsupported = 14, "arp-unsupported";
+        /// Container used a source IPv4 address that is not its own.
+        SpoofedSource = 15, "spoofed-source";
+        /// Packet on a container interface the maps do not know (stale attach).
+        UnknownInterface = 16, "unknown-interface";
+        /// Datapath configuration missing (agent never configured this node).
+        NoConfig = 17, "no-config";
+        /// The kernel FIB has no route to the peer's VTEP.
+        FibLookupFailed = 18, "fib-lookup-failed";
+        /// Packet (or, for GSO, each segment) would exceed the underlay MTU once encapsulated.
+        TooBig = 19, "too-big";
+        /// A kernel helper refused to resize or rewrite the packet.
+        HelperFailed = 20, "helper-failed";
+        /// Broadcast or multicast IPv4 (the overlay has no flooding).
+        Broadcast = 21, "broadcast";
+        /// VXLAN from an outer source address that is no node of the cluster.
+        UnknownVtep = 22, "unknown-vtep";
+        /// VXLAN from a cluster node that does not host the inner source endpoint.
+        VtepMismatch = 23, "vtep-mismatch";
+        /// Inner source address that is no endpoint of the frame's network.
+        UnknownInnerSource = 24, "unknown-inner-source";
+        /// Inner destination MAC that is not the destination endpoint's MAC.
+        InnerMacMismatch = 25, "inner-mac-mismatch";
+        /// Container sent with a source MAC that is not its own.
+        SpoofedMac = 26, "spoofed-mac";
     }
 }
 
-/// What the datapath did with packets it did not drop.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FwdCounter {
-    /// Container to a container on the same node, redirected veth to veth.
-    LocalDelivery = 0,
-    /// Container to a remote node, VXLAN-encapsulated.
-    Encap = 1,
-    /// Encapsulated, next hop resolved by the kernel (neighbour not cached yet, or IP
-    /// forwarding off on the underlay so the FIB helper declines).
-    EncapNeighResolve = 2,
-    /// VXLAN from the underlay, decapsulated to a local container.
-    Decap = 3,
-    /// ARP request answered from the maps.
-    ArpReply = 4,
-    /// Underlay traffic that is not ours, passed to the host untouched.
-    PassHost = 5,
-    /// ICMP "fragmentation needed" sent back to a container whose DF packet was too big.
-    IcmpFragNeeded = 6,
+counters! {
+    /// What the datapath did with packets it did not drop.
+    pub enum FwdCounter {
+        /// Container to a container on the same node, redirected veth to veth.
+        LocalDelivery = 0, "local-delivery";
+        /// Container to a remote node, VXLAN-encapsulated.
+        Encap = 1, "encap";
+        /// Encapsulated, next hop resolved by the kernel (neighbour not cached yet, or IP
+        /// forwarding off on the underlay so the FIB helper declines).
+        EncapNeighResolve = 2, "encap-kernel-route";
+        /// VXLAN from the underlay, decapsulated to a local container.
+        Decap = 3, "decap";
+        /// ARP request answered from the maps.
+        ArpReply = 4, "arp-reply";
+        /// Underlay traffic that is not ours, passed to the host untouched.
+        PassHost = 5, "pass-host";
+        /// ICMP "fragmentation needed" sent back to a container whose DF packet was too big.
+        IcmpFragNeeded = 6, "icmp-frag-needed";
+    }
 }
 
-impl FwdCounter {
-    pub const COUNT: u32 = 7;
-    pub const ALL: [FwdCounter; 7] = [
-        Self::LocalDelivery,
-        Self::Encap,
-        Self::EncapNeighResolve,
-        Self::Decap,
-        Self::ArpReply,
-        Self::PassHost,
-        Self::IcmpFragNeeded,
-    ];
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::LocalDelivery => "local-delivery",
-            Self::Encap => "encap",
-            Self::EncapNeighResolve => "encap-kernel-route",
-            Self::Decap => "decap",
-            Self::ArpReply => "arp-reply",
-            Self::PassHost => "pass-host",
-            Self::IcmpFragNeeded => "icmp-frag-needed",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_are_consistent() {
+        assert_eq!(DropReason::COUNT, 27);
+        assert_eq!(DropReason::ALL.len(), 26);
+        assert_eq!(FwdCounter::COUNT as usize, FwdCounter::ALL.len());
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i + 1, "drop reasons are dense from 1 (0 is reserved)");
+            assert_eq!(DropReason::from_name(r.name()), Some(*r));
+        }
+        for (i, a) in DropReason::ALL.iter().enumerate() {
+            assert!(DropReason::ALL[i + 1..].iter().all(|b| a.name() != b.name()), "names are unique");
         }
     }
 }

@@ -44,6 +44,10 @@ pub fn answer(ctx: &TcContext, iface: &LocalIface, ifindex: u32) -> Result<i32, 
         if be16(a.htype) != 1 || be16(a.ptype) != ETH_P_IP || a.hlen != 6 || a.plen != 4 || be16(a.op) != ARP_REQUEST {
             return Err(DropReason::ArpUnsupported);
         }
+        // The reply goes to the sender hardware address: it must be the container's own.
+        if a.sha != iface.mac {
+            return Err(DropReason::SpoofedMac);
+        }
         let target = u32::from_ne_bytes(a.tpa);
         // A probe for its own address (DAD, gratuitous ARP) gets no answer: the address is its own.
         if target == iface.ip {

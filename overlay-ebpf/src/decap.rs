@@ -1,5 +1,11 @@
-//! Underlay side: recognise VXLAN addressed to this VTEP, check it, and hand the inner
-//! frame to the local container. Anything that is not ours passes to the host untouched.
+//! Underlay side: recognise VXLAN addressed to this VTEP, check it, and hand the inner frame to
+//! the local container. Anything that is not ours passes to the host untouched.
+//!
+//! The underlay is hostile: any host on it can send us VXLAN, which has no authentication. A
+//! frame is delivered only if it comes from a cluster node, its inner source is an endpoint of the
+//! frame's network hosted on that node, and it is addressed to the destination endpoint's own
+//! MAC. Every read is bounded by the outer IPv4 and UDP lengths, never by the frame (whose
+//! trailer an attacker controls).
 
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK},
@@ -14,17 +20,18 @@ use overlay_common::{
 };
 
 use crate::{
-    encap::ensure_linear,
-    maps::{config, OV_ENDPOINTS, OV_NETWORKS},
+    maps::{config, OV_ENDPOINTS, OV_NETWORKS, OV_NODES},
     parse::*,
     stats,
 };
 
-const OUTER_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN + VXLAN_LEN;
 const INNER_ETH: usize = OUTER_LEN;
 const INNER_IP: usize = OUTER_LEN + ETH_LEN;
-/// Bytes a TC program needs linear to classify: both headers stacks.
+/// Bytes a TC program needs linear to classify: both header stacks.
 const NEED_LINEAR: usize = INNER_IP + IPV4_LEN;
+/// The smallest outer IPv4 packet that can carry an inner frame, and one carrying inner IPv4.
+const MIN_TOT_LEN: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
+const MIN_TOT_LEN_IPV4: usize = MIN_TOT_LEN + IPV4_LEN;
 
 pub enum Verdict {
     /// Not ours: hand to the host stack untouched.
@@ -72,12 +79,25 @@ pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict,
     if be16(udp.dst) != cfg.vxlan_port {
         return Ok(Verdict::Pass);
     }
-    // From here on the frame is VXLAN to us.
+    // From here on the frame is VXLAN to us. A sender that is no node is named first, whatever
+    // else is wrong with its frame.
+    let outer_src = u32::from_ne_bytes(ip.src_addr);
+    let from_node = || unsafe { OV_NODES.get(&outer_src) }.is_some();
+    let check = |r: Result<Verdict, DropReason>| match r {
+        Err(_) if !from_node() => Err(DropReason::UnknownVtep),
+        r => r,
+    };
+    check(vxlan(pkt, frame_len, ip, udp, frags, outer_src))
+}
+
+/// The checks of a frame known to be VXLAN to us.
+#[inline(always)]
+fn vxlan(pkt: &Packet, frame_len: usize, ip: &Ipv4Hdr, udp: &UdpHdr, frags: u16, outer_src: u32) -> Result<Verdict, DropReason> {
     if frags & IP_MF != 0 {
         return Err(DropReason::OuterFragment);
     }
     let tot_len = be16(ip.tot_len) as usize;
-    if tot_len < IPV4_LEN + UDP_LEN || ETH_LEN + tot_len > frame_len || be16(udp.len) as usize != tot_len - IPV4_LEN {
+    if tot_len < MIN_TOT_LEN || ETH_LEN + tot_len > frame_len || be16(udp.len) as usize != tot_len - IPV4_LEN {
         return Err(DropReason::BadLength);
     }
     let vx: *const [u8; VXLAN_LEN] = pkt.at(ETH_LEN + IPV4_LEN + UDP_LEN).ok_or(DropReason::Truncated)?;
@@ -86,27 +106,47 @@ pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict,
         return Err(DropReason::VxlanNoIFlag);
     }
     let vni = (vx[4] as u32) << 16 | (vx[5] as u32) << 8 | vx[6] as u32;
-    // The fast path needs one lookup (the endpoint, keyed by VNI and IP); whether the VNI is
+    // The fast path needs one lookup per endpoint (keyed by VNI and IP); whether the VNI is
     // known at all is asked only to name the reason of a drop, and takes precedence.
     let unknown_vni = || unsafe { OV_NETWORKS.get(&vni) }.is_none();
     let inner: *const EthHdr = pkt.at(INNER_ETH).ok_or(DropReason::Truncated)?;
-    match u16::from_be(unsafe { (*inner).ether_type }) {
+    let inner = unsafe { &*inner };
+    match u16::from_be(inner.ether_type) {
         ETH_P_IP => {}
         _ if unknown_vni() => return Err(DropReason::UnknownVni),
         ETH_P_8021Q | ETH_P_8021AD => return Err(DropReason::InnerVlan),
         _ => return Err(DropReason::InnerNotIpv4),
+    }
+    if tot_len < MIN_TOT_LEN_IPV4 {
+        return Err(DropReason::BadLength);
     }
     let iip: *const Ipv4Hdr = pkt.at(INNER_IP).ok_or(DropReason::Truncated)?;
     let iip = unsafe { &*iip };
     if iip.vihl & 0x0f < 5 {
         return Err(DropReason::BadIpHeaderLen);
     }
-    let key = EndpointKey { vni, ip: u32::from_ne_bytes(iip.dst_addr) };
-    match unsafe { OV_ENDPOINTS.get(&key) } {
-        Some(ep) if ep.flags & EP_LOCAL != 0 => Ok(Verdict::Decap { ifindex: ep.ifindex }),
-        _ if unknown_vni() => Err(DropReason::UnknownVni),
-        _ => Err(DropReason::DecapNotLocal),
+    // The inner packet must lie within the outer one: bytes past it are trailer, not payload.
+    // Outer IPv4 length = outer IPv4 + UDP + VXLAN + inner Ethernet + inner IPv4 length.
+    if be16(iip.tot_len) as usize > tot_len - MIN_TOT_LEN {
+        return Err(DropReason::BadLength);
     }
+    let dst = match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.dst_addr) }) } {
+        Some(ep) if ep.flags & EP_LOCAL != 0 => *ep,
+        _ if unknown_vni() => return Err(DropReason::UnknownVni),
+        _ => return Err(DropReason::DecapNotLocal),
+    };
+    // The inner source: an endpoint of this network, hosted on the node that sent the frame.
+    // (A network carrying outside clients, the routing mesh's ingress network, will have its
+    // own rule here, keyed on connection tracking.)
+    match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.src_addr) }) } {
+        Some(src) if src.flags & EP_LOCAL == 0 && src.vtep == outer_src => {}
+        Some(_) => return Err(DropReason::VtepMismatch),
+        None => return Err(DropReason::UnknownInnerSource),
+    }
+    if inner.dst_addr != dst.mac {
+        return Err(DropReason::InnerMacMismatch);
+    }
+    Ok(Verdict::Decap { ifindex: dst.ifindex })
 }
 
 #[inline(always)]

@@ -10,7 +10,9 @@ use aya_ebpf::{
 };
 use overlay_common::stats::FwdCounter;
 
-use crate::{parse::*, stats};
+use crate::{hdr, parse::*, stats};
+
+const IPPROTO_ICMP: u8 = 1;
 
 const ICMP_LEN: usize = 8;
 /// What the reply quotes of the packet: its IPv4 header and the first 8 bytes after it.
@@ -39,26 +41,17 @@ pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Option<i32> {
     icmp[1] = 4; // fragmentation needed and DF set
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
     icmp[8..].copy_from_slice(&quote);
-    let c = csum(&icmp, 2);
+    let c = hdr::csum(&icmp, 2);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
 
-    let mut ip = [0u8; IPV4_LEN];
-    ip[0] = 0x45;
-    ip[1] = 0xc0;
-    ip[2..4].copy_from_slice(&((IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 1; // ICMP
     // From the address the packet was for: the container's stack matches the quote anyway.
-    ip[12..16].copy_from_slice(&quote[16..20]);
-    ip[16..20].copy_from_slice(&quote[12..16]);
-    let c = ipv4_csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-
+    let (to, from) = (u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]),
+                      u32::from_ne_bytes([quote[16], quote[17], quote[18], quote[19]]));
+    let tot_len = (IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16;
     let mut out = [0u8; REPLY_LEN];
-    out[0..6].copy_from_slice(&eth[6..12]);
-    out[6..12].copy_from_slice(&eth[0..6]);
-    out[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
-    out[14..34].copy_from_slice(&ip);
+    out[0..14].copy_from_slice(&hdr::eth(&[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+                                         &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]], ETH_P_IP));
+    out[14..34].copy_from_slice(&hdr::ipv4(0xc0, tot_len, 0, IPPROTO_ICMP, from, to));
     out[34..].copy_from_slice(&icmp);
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let dst: *mut [u8; REPLY_LEN] = pkt.at(0)?;

@@ -3,13 +3,16 @@
 #![no_std]
 #![no_main]
 
-mod arp;
-mod decap;
-mod encap;
-mod icmp;
-mod maps;
-mod parse;
-mod stats;
+// The packet path, in the order a packet meets it:
+mod parse; // bounds-checked access, header sizes
+mod container; // container side: what a container sends (MAC/IP checks, local delivery)
+mod arp; // ARP answered from the maps
+mod encap; // MTU check, next hop, outer headers
+mod icmp; // "fragmentation needed" back to the sender
+mod decap; // underlay side: VXLAN to us, checked, to the local container
+mod hdr; // header builders shared by encap and icmp
+mod maps; // every map
+mod stats; // per-CPU counters
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT},
@@ -20,7 +23,7 @@ use aya_ebpf::{
 /// TC ingress on the host end of a container's veth: everything the container sends.
 #[classifier]
 pub fn ov_from_container(ctx: TcContext) -> i32 {
-    match encap::from_container(&ctx) {
+    match container::from_container(&ctx) {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);

@@ -1,13 +1,20 @@
-//! Bounds-checked header access shared by the XDP and TC programs. Every header read goes
-//! through `Packet::at`, which proves to the verifier that the header fits.
+//! Parsing: header sizes and constants, and bounds-checked access shared by the XDP and TC
+//! programs. Every header read goes through `Packet::at`, which proves to the verifier that the
+//! header fits; a TC program first makes the bytes it reads linear with `ensure_linear`.
 
 use core::mem;
+
+use aya_ebpf::programs::TcContext;
+use overlay_common::{stats::DropReason, vxlan::ENCAP_OVERHEAD};
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
 pub const VXLAN_LEN: usize = 8;
 pub const ARP_LEN: usize = 28;
+/// Outer Ethernet + IPv4 + UDP + VXLAN: the bytes encapsulation adds and decapsulation strips.
+pub const OUTER_LEN: usize = ENCAP_OVERHEAD as usize;
+const _: () = assert!(OUTER_LEN == ETH_LEN + IPV4_LEN + UDP_LEN + VXLAN_LEN);
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -55,24 +62,14 @@ pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Internet checksum of a fixed-size header; the checksum field at `skip` is taken as zero.
+/// Make the first `n` bytes of an skb readable through direct packet access (shorter packets:
+/// all of them).
 #[inline(always)]
-pub fn csum<const N: usize>(h: &[u8; N], skip: usize) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i + 1 < N {
-        if i != skip {
-            sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        }
-        i += 2;
+pub fn ensure_linear(ctx: &TcContext, n: usize) -> Result<(), DropReason> {
+    if ctx.data_end() - ctx.data() < n {
+        let len = ctx.len() as usize;
+        let want = if len < n { len } else { n };
+        ctx.pull_data(want as u32).map_err(|_| DropReason::HelperFailed)?;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// Checksum of a 20-byte IPv4 header (no options).
-#[inline(always)]
-pub fn ipv4_csum(h: &[u8; IPV4_LEN]) -> u16 {
-    csum(h, 10)
+    Ok(())
 }

@@ -25,6 +25,10 @@ pub const NODE_IP: [u8; 4] = [192, 168, 50, 11];
 pub const PEER_IP: [u8; 4] = [192, 168, 50, 12];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+/// Another cluster node, which hosts no endpoint the tests use.
+pub const THIRD_IP: [u8; 4] = [192, 168, 50, 13];
+/// A host on the underlay that is not a node.
+pub const ROGUE_IP: [u8; 4] = [192, 168, 50, 66];
 pub const A: [u8; 4] = [10, 0, 9, 3]; // local, behind ifindex 1 (lo stands in for its veth)
 pub const B: [u8; 4] = [10, 0, 9, 4]; // remote, on the peer node
 pub const C: [u8; 4] = [10, 0, 9, 5]; // local, other veth
@@ -63,6 +67,8 @@ pub fn bed() -> Bed {
         config: Config { node_ip: k(NODE_IP), underlay_ifindex, underlay_mtu: 1500, vxlan_port: 4789, _pad: 0 },
         ..Default::default()
     };
+    c.nodes.insert(k(PEER_IP), NodeInfo { _reserved: 0 });
+    c.nodes.insert(k(THIRD_IP), NodeInfo { _reserved: 0 });
     c.networks.insert(VNI, NetworkInfo { mtu: 1450, _reserved: 0 });
     c.networks.insert(VNI2, NetworkInfo { mtu: 1450, _reserved: 0 });
     c.local_ifaces.insert(A_IFINDEX, LocalIface { vni: VNI, ip: k(A), mac: MAC_A, _pad: [0; 2] });
@@ -77,8 +83,17 @@ pub fn bed() -> Bed {
 
 impl Bed {
     pub fn tc(&mut self, prog: &str, data: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        self.tc_gso(prog, data, ifindex, 0)
+    }
+
+    /// Like `tc`, for a GSO packet whose segments carry `gso_size` bytes of payload.
+    pub fn tc_gso(&mut self, prog: &str, data: &[u8], ifindex: u32, gso_size: u32) -> (u32, Vec<u8>) {
         let mut ctx = [0u8; 192];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // __sk_buff.ifindex
+        if gso_size != 0 {
+            ctx[164..168].copy_from_slice(&2u32.to_ne_bytes()); // __sk_buff.gso_segs
+            ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes()); // __sk_buff.gso_size
+        }
         let mut out = vec![0u8; data.len() + 256];
         let p: &SchedClassifier = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
         let r = p

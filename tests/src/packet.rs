@@ -60,10 +60,23 @@ pub fn tcp_ish(sport: u16, dport: u16, len: usize) -> Vec<u8> {
     v
 }
 
-/// An inner frame container A -> B: Ethernet + IPv4 + TCP-ish.
+/// An inner frame as container A sends it (A's MAC to B's MAC): Ethernet + IPv4 + TCP-ish.
 pub fn inner_tcp(src_ip: [u8; 4], dst_ip: [u8; 4], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    inner_tcp_macs(MAC_B, MAC_A, src_ip, dst_ip, sport, dport, payload)
+}
+
+/// An inner frame with the given Ethernet destination and source.
+pub fn inner_tcp_macs(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: usize,
+) -> Vec<u8> {
     let l4 = tcp_ish(sport, dport, payload);
-    let mut f = eth(MAC_B, MAC_A, 0x0800);
+    let mut f = eth(dst_mac, src_mac, 0x0800);
     f.extend(ipv4(src_ip, dst_ip, 6, l4.len(), 0x4000, 0));
     f.extend(l4);
     f

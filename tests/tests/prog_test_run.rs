@@ -258,9 +258,14 @@ impl Mode {
     }
 }
 
+/// B (on the peer node) to A, as the peer node's VTEP sends it.
 fn frame_to_a(vni: u32) -> (Vec<u8>, Vec<u8>) {
-    let inner = inner_tcp(B, A, 80, 40000, 64);
-    (vxlan_frame(NODE_MAC, PEER_MAC, PEER_IP, NODE_IP, 51000, 4789, vni, &inner), inner)
+    frame_to_a_from(PEER_IP, vni, B, MAC_A)
+}
+
+fn frame_to_a_from(outer_src: [u8; 4], vni: u32, inner_src: [u8; 4], dst_mac: [u8; 6]) -> (Vec<u8>, Vec<u8>) {
+    let inner = inner_tcp_macs(dst_mac, MAC_B, inner_src, A, 80, 40000, 64);
+    (vxlan_frame(NODE_MAC, PEER_MAC, outer_src, NODE_IP, 51000, 4789, vni, &inner), inner)
 }
 
 fn decap_golden(mode: Mode) {
@@ -354,11 +359,12 @@ fn malformed(mode: Mode) {
             expect_drop(&mut bed, DropReason::BadLength, &format!("{mode:?} cut {cut}"), |b| mode.run(b, f).0, v.drop);
         }
     }
-    // Truncation with consistent lengths: the headers themselves are missing.
+    // Truncation with consistent lengths: too short for what VXLAN must carry (outer IPv4 + UDP
+    // + VXLAN + inner Ethernet + inner IPv4), judged by the lengths, not by the frame.
     for cut in 42..84 {
         let mut f = frame[..cut].to_vec();
         fix_lengths(&mut f, cut);
-        expect_drop(&mut bed, DropReason::Truncated, &format!("{mode:?} consistent cut {cut}"), |b| mode.run(b, &f).0, v.drop);
+        expect_drop(&mut bed, DropReason::BadLength, &format!("{mode:?} consistent cut {cut}"), |b| mode.run(b, &f).0, v.drop);
     }
     let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
         ("ihl<5", DropReason::BadIpHeaderLen, Box::new(|f| f[14] = 0x44)),
@@ -376,6 +382,10 @@ fn malformed(mode: Mode) {
         ("inner ihl<5", DropReason::BadIpHeaderLen, Box::new(|f| f[64] = 0x43)),
         ("inner to a remote endpoint", DropReason::DecapNotLocal, Box::new(|f| f[80..84].copy_from_slice(&B))),
         ("inner to another network's endpoint", DropReason::DecapNotLocal, Box::new(|f| f[80..84].copy_from_slice(&OTHER_NET))),
+        ("inner longer than the outer packet carries", DropReason::BadLength, Box::new(|f| {
+            let t = u16::from_be_bytes([f[66], f[67]]) + 1;
+            f[66..68].copy_from_slice(&t.to_be_bytes());
+        })),
     ];
     for (what, reason, edit) in cases {
         let mut f = frame.clone();
@@ -410,4 +420,86 @@ fn programs_load_and_counters_start_at_zero() {
     let c = bed.counters();
     assert_eq!(c.dropped.len(), DropReason::ALL.len());
     assert_eq!(total_drops(&c), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The hostile underlay: crafted VXLAN that must not get through
+
+fn crafted(mode: Mode) {
+    let mut bed = bed();
+    let v = mode.v();
+    let cases: Vec<(&str, DropReason, Vec<u8>)> = vec![
+        ("from a host that is no node", DropReason::UnknownVtep, frame_to_a_from(ROGUE_IP, VNI, B, MAC_A).0),
+        ("malformed, from a host that is no node", DropReason::UnknownVtep, {
+            let mut f = frame_to_a_from(ROGUE_IP, VNI, B, MAC_A).0;
+            f[42] = 0;
+            f
+        }),
+        ("from a node that does not host the source", DropReason::VtepMismatch, frame_to_a_from(THIRD_IP, VNI, B, MAC_A).0),
+        ("claiming a local endpoint as source", DropReason::VtepMismatch, frame_to_a_from(PEER_IP, VNI, C, MAC_A).0),
+        ("inner source no endpoint", DropReason::UnknownInnerSource, frame_to_a_from(PEER_IP, VNI, [8, 8, 8, 8], MAC_A).0),
+        ("inner source of another network", DropReason::UnknownInnerSource, frame_to_a_from(PEER_IP, VNI, OTHER_NET, MAC_A).0),
+        ("broadcast inner MAC", DropReason::InnerMacMismatch, frame_to_a_from(PEER_IP, VNI, B, [0xff; 6]).0),
+        ("another endpoint's inner MAC", DropReason::InnerMacMismatch, frame_to_a_from(PEER_IP, VNI, B, MAC_B).0),
+    ];
+    for (what, reason, f) in cases {
+        expect_drop(&mut bed, reason, &format!("{mode:?} {what}"), |b| mode.run(b, &f).0, v.drop);
+    }
+    // Trailer smuggling: an empty UDP datagram (IPv4 total length 28, UDP length 8) whose frame
+    // carries a VXLAN header and an inner frame in its Ethernet trailer.
+    let (mut f, _) = frame_to_a(VNI);
+    f[16..18].copy_from_slice(&28u16.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[38..40].copy_from_slice(&8u16.to_be_bytes());
+    expect_drop(&mut bed, DropReason::BadLength, &format!("{mode:?} trailer smuggling"), |b| mode.run(b, &f).0, v.drop);
+}
+
+#[test]
+fn crafted_vxlan_does_not_get_through_xdp() {
+    crafted(Mode::Xdp);
+}
+
+#[test]
+fn crafted_vxlan_does_not_get_through_tc() {
+    crafted(Mode::Tc);
+}
+
+#[test]
+fn a_container_must_use_its_own_mac() {
+    let mut bed = bed();
+    let mut f = inner_tcp(A, B, 1, 2, 20);
+    f[6..12].copy_from_slice(&MAC_B);
+    expect_drop(&mut bed, DropReason::SpoofedMac, "IPv4 with another endpoint's MAC", |b| b.from_container(&f).0, TC_ACT_SHOT);
+    let mut f = arp_request(MAC_A, A, B);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+    expect_drop(&mut bed, DropReason::SpoofedMac, "ARP from another MAC", |b| b.from_container(&f).0, TC_ACT_SHOT);
+    // Ethernet source right, ARP sender hardware address wrong: the reply would go elsewhere.
+    let mut f = arp_request(MAC_A, A, B);
+    f[22..28].copy_from_slice(&MAC_B);
+    expect_drop(&mut bed, DropReason::SpoofedMac, "ARP sender MAC", |b| b.from_container(&f).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn gso_segments_must_fit_the_underlay() {
+    let mut bed = bed();
+    // 20 bytes of IPv4 + 20 of TCP + the segment size + 50 of encapsulation: 1500 fits exactly.
+    let f = inner_tcp(A, B, 40000, 80, 3000);
+    // Segments that fit pass the size check. (The test runner cannot give the skb a GSO type, so
+    // the kernel then refuses to push headers onto it: real TSO packets are encapsulated in the
+    // end-to-end TCP tests.)
+    let before = bed.counters();
+    bed.tc_gso(PROG_FROM_CONTAINER, &f, A_IFINDEX, 1410);
+    let after = bed.counters();
+    assert_eq!(after.drop(DropReason::TooBig), before.drop(DropReason::TooBig), "segments that fit were refused");
+    assert_eq!(after.drop(DropReason::HelperFailed), before.drop(DropReason::HelperFailed) + 1);
+    let before = bed.counters();
+    let (v, out) = bed.tc_gso(PROG_FROM_CONTAINER, &f, A_IFINDEX, 1411);
+    let after = bed.counters();
+    assert_eq!(after.drop(DropReason::TooBig), before.drop(DropReason::TooBig) + 1, "segments one byte too big");
+    // A DF sender is told the MTU that fits, as for a single packet.
+    assert_eq!((v, after.fwd(FwdCounter::IcmpFragNeeded)), (TC_ACT_REDIRECT, before.fwd(FwdCounter::IcmpFragNeeded) + 1));
+    assert_eq!(&out[34..36], &[3, 4], "ICMP type 3 code 4");
+    assert_eq!(u16::from_be_bytes([out[40], out[41]]), 1450);
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{anyhow, Result};
 use overlay_common::{
-    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, EP_LOCAL},
+    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NodeInfo, EP_LOCAL},
     vxlan::ENCAP_OVERHEAD,
 };
 
@@ -41,6 +41,10 @@ pub fn desired_contents(
         },
         ..Default::default()
     };
+    // Every node may send us VXLAN, ourselves excluded: our own address never sends to us.
+    for n in state.nodes.values().filter(|n| n.name != node) {
+        c.nodes.insert(ip_key(n.address), NodeInfo { _reserved: 0 });
+    }
     for net in state.networks.values() {
         c.networks.insert(net.vni, NetworkInfo { mtu: network_mtu(net, underlay.mtu), _reserved: 0 });
     }
@@ -135,6 +139,8 @@ netns = "/run/netns/d1"
         assert_eq!(c.local_ifaces[&22].vni, 4098);
         assert_eq!(c.local_ifaces.len(), 2);
         assert_eq!(c.endpoints.len(), 3);
+        // Decapsulation accepts VXLAN from the other node only.
+        assert_eq!(c.nodes.keys().copied().collect::<Vec<_>>(), vec![u32::from_ne_bytes([192, 168, 50, 12])]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub struct Contents {
     pub networks: FxHashMap<u32, NetworkInfo>,
     pub endpoints: FxHashMap<EndpointKey, EndpointInfo>,
     pub local_ifaces: FxHashMap<u32, LocalIface>,
+    pub nodes: FxHashMap<u32, NodeInfo>,
 }
 
 impl Datapath {
@@ -32,7 +33,8 @@ impl Datapath {
         let networks = read_hash::<u32, NetworkInfo>(self.map_mut(MAP_NETWORKS)?)?;
         let endpoints = read_hash::<EndpointKey, EndpointInfo>(self.map_mut(MAP_ENDPOINTS)?)?;
         let local_ifaces = read_hash::<u32, LocalIface>(self.map_mut(MAP_LOCAL_IFACES)?)?;
-        Ok(Contents { config, networks, endpoints, local_ifaces })
+        let nodes = read_hash::<u32, NodeInfo>(self.map_mut(MAP_NODES)?)?;
+        Ok(Contents { config, networks, endpoints, local_ifaces, nodes })
     }
 
     /// Bring the maps from `current` to `desired`. Removals first: the entries are going
@@ -44,6 +46,8 @@ impl Datapath {
             Array::<_, Config>::try_from(self.map_mut(MAP_CONFIG)?)?.set(0, desired.config, 0)?;
             writes += 1;
         }
+        // Nodes before endpoints: an endpoint of a new node is never seen before its node is.
+        writes += diff_hash(self.map_mut(MAP_NODES)?, &current.nodes, &desired.nodes, MAP_NODES)?;
         writes += diff_hash(self.map_mut(MAP_NETWORKS)?, &current.networks, &desired.networks, MAP_NETWORKS)?;
         writes += diff_hash(self.map_mut(MAP_LOCAL_IFACES)?, &current.local_ifaces, &desired.local_ifaces, MAP_LOCAL_IFACES)?;
         writes += diff_hash(self.map_mut(MAP_ENDPOINTS)?, &current.endpoints, &desired.endpoints, MAP_ENDPOINTS)?;

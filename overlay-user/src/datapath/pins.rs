@@ -35,13 +35,14 @@ struct Layout {
     max: u32,
 }
 
-fn layouts() -> [Layout; 6] {
+fn layouts() -> [Layout; 7] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
         Layout { name: MAP_ENDPOINTS, kind: MapType::Hash, key: size_of::<EndpointKey>() as u32, value: size_of::<EndpointInfo>() as u32, max: MAX_ENDPOINTS },
         Layout { name: MAP_NETWORKS, kind: MapType::Hash, key: 4, value: size_of::<NetworkInfo>() as u32, max: MAX_NETWORKS },
         Layout { name: MAP_LOCAL_IFACES, kind: MapType::Hash, key: 4, value: size_of::<LocalIface>() as u32, max: MAX_LOCAL_IFACES },
+        Layout { name: MAP_NODES, kind: MapType::Hash, key: 4, value: size_of::<NodeInfo>() as u32, max: MAX_NODES },
         Layout { name: MAP_DROPS, kind: MapType::PerCpuArray, key: 4, value: 8, max: DropReason::COUNT },
         Layout { name: MAP_FWD, kind: MapType::PerCpuArray, key: 4, value: 8, max: FwdCounter::COUNT },
     ]
