@@ -1,0 +1,238 @@
+//! A running cluster: an underlay bridge in its own namespace, a namespace per node, one per
+//! container, and an agent per node of ours. Tests drive it through the `overlay` binary, as a
+//! user would, and read what the agent did through the project's own types.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Child,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+use overlay::{
+    agent::{state_hash, Paths, Record},
+    datapath::Counters,
+};
+
+use crate::{
+    cleanup::{untrack, RunDir},
+    netns::{spawn_in, wait_for, Netns},
+    spec::{render_state, short, ClusterSpec},
+};
+
+/// The `overlay` binary built by `cargo xtask build`.
+pub fn overlay_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("OVERLAY_BIN") {
+        return p.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay")
+}
+
+/// `tcpx`, the TCP echo pair built alongside the tests.
+pub fn tcpx_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/tcpx")
+}
+
+/// A background process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        untrack(&self.0);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        untrack(&self.child);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running cluster: an underlay bridge in its own namespace, a namespace per node, one per
+/// container, and an agent per node of ours.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub run_dir: RunDir,
+    pub state_file: PathBuf,
+    pub underlay: Netns,
+    pub nodes: BTreeMap<String, Netns>,
+    pub containers: BTreeMap<String, Netns>,
+    pub agents: BTreeMap<String, Agent>,
+    pub servers: Vec<Proc>,
+    pub logs: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Processes first: a namespace is not removed while something still runs in it.
+        self.servers.clear();
+        self.agents.clear();
+    }
+}
+
+impl Cluster {
+    /// Build the topology and start the agents; returns once every agent applied the state.
+    pub fn up(spec: ClusterSpec) -> Result<Self> {
+        let run_dir = RunDir::new()?;
+        let logs = run_dir.path.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let underlay = Netns::new("ul")?;
+        underlay.sh("ip link add br0 type bridge && ip link set br0 up")?;
+        let mut nodes = BTreeMap::new();
+        for (i, n) in spec.nodes.iter().enumerate() {
+            let ns = Netns::new(&n.name)?;
+            // One veth per node into the underlay bridge; "ul0" is the node's underlay NIC.
+            let p = format!("n{i}");
+            underlay.sh(&format!(
+                "ip link add {p} type veth peer name ul0 && ip link set ul0 netns {} && ip link set {p} master br0 && ip link set {p} up",
+                ns.name
+            ))?;
+            ns.sh(&format!("ip addr add {}/24 dev ul0 && ip link set ul0 up", n.address))?;
+            nodes.insert(n.name.clone(), ns);
+        }
+        let mut containers = BTreeMap::new();
+        for e in &spec.endpoints {
+            containers.insert(e.name.clone(), Netns::new(&short(&e.name))?);
+        }
+        let state_file = run_dir.path.join("state.toml");
+        let mut c = Self { spec, run_dir, state_file, underlay, nodes, containers, agents: BTreeMap::new(), servers: Vec::new(), logs };
+        c.write_state(&c.render_state())?;
+        for n in c.spec.nodes.clone() {
+            if !n.ours {
+                c.setup_kernel_node(&n)?;
+            }
+        }
+        for n in c.spec.nodes.clone() {
+            if n.ours {
+                c.start_agent(&n.name)?;
+            }
+        }
+        c.wait_applied(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    pub fn render_state(&self) -> String {
+        render_state(&self.spec, &self.containers)
+    }
+
+    /// Write the state file as writers should: complete, renamed into place.
+    pub fn write_state(&self, text: &str) -> Result<()> {
+        Ok(overlay::fsutil::write_atomic(&self.state_file, text.as_bytes())?)
+    }
+
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        let ns = &self.nodes[node];
+        let log = self.logs.join(format!("{node}.log"));
+        let decap = self.spec.decap.clone().map(|d| format!(" --decap {d}")).unwrap_or_default();
+        let cmd = format!(
+            "{} run --state {} --node {node} --run-dir {}{decap}",
+            overlay_bin().display(),
+            self.state_file.display(),
+            self.run_dir.path.display()
+        );
+        // Append so restarts keep the earlier log.
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = spawn_in(&ns.name, &cmd, f)?;
+        self.agents.insert(node.to_string(), Agent { child, log });
+        Ok(())
+    }
+
+    /// SIGKILL an agent (the datapath must keep forwarding).
+    pub fn kill_agent(&mut self, node: &str) {
+        // Dropping the handle sends SIGKILL and reaps it.
+        self.agents.remove(node);
+    }
+
+    /// What the node's agent last applied (its `applied.json`), if it has applied anything.
+    pub fn record(&self, node: &str) -> Option<Record> {
+        Record::load(&Paths::new(&self.run_dir.path, node).record_file()).ok().flatten()
+    }
+
+    pub fn applied_hash(&self, node: &str) -> Option<String> {
+        self.record(node).map(|r| r.state_hash)
+    }
+
+    /// Wait until every running agent has applied the current state file.
+    pub fn wait_applied(&mut self, timeout: Duration) -> Result<()> {
+        let want = state_hash(&std::fs::read_to_string(&self.state_file)?);
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        for n in names {
+            let ok = wait_for(timeout, || {
+                if let Some(a) = self.agents.get_mut(&n) {
+                    if let Ok(Some(_)) = a.child.try_wait() {
+                        return false;
+                    }
+                }
+                self.applied_hash(&n).as_deref() == Some(want.as_str())
+            });
+            if !ok {
+                bail!("agent on {n} did not apply the state in {timeout:?}; log:\n{}", self.agent_log(&n));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{node}.log"))).unwrap_or_default()
+    }
+
+    pub fn container(&self, ep: &str) -> &Netns {
+        &self.containers[ep]
+    }
+
+    pub fn ip_of(&self, ep: &str) -> String {
+        self.spec.endpoints.iter().find(|e| e.name == ep).map(|e| e.ip.clone()).unwrap_or_default()
+    }
+
+    /// Start the TCP echo server (port 5001) in every container.
+    pub fn start_servers(&mut self) -> Result<()> {
+        for (name, c) in &self.containers {
+            let log = self.logs.join(format!("tcpx-{name}.log"));
+            self.servers.push(Proc(c.spawn(&format!("{} serve 5001", tcpx_bin().display()), &log)?));
+        }
+        Ok(())
+    }
+
+    /// Send `bytes` from one container to another's echo server and check every byte back.
+    pub fn tcp(&self, from: &str, to: &str, bytes: u64) -> bool {
+        self.container(from).ok(&format!("{} send {} 5001 {bytes}", tcpx_bin().display(), self.ip_of(to)))
+    }
+
+    /// Start a paced transfer in the background; `Proc.0.wait()` tells whether it survived.
+    pub fn tcp_background(&self, from: &str, to: &str, bytes: u64, seconds: f64) -> Result<Proc> {
+        let log = self.logs.join(format!("flow-{from}-{to}.log"));
+        Ok(Proc(self.container(from).spawn(
+            &format!("{} send {} 5001 {bytes} {seconds}", tcpx_bin().display(), self.ip_of(to)),
+            &log,
+        )?))
+    }
+
+    pub fn ping(&self, from: &str, to: &str) -> bool {
+        self.container(from).ok(&format!("ping -c1 -W1 -q {}", self.ip_of(to)))
+    }
+
+    /// `overlay stats --json` for a node: what a user sees (the demo prints it).
+    pub fn stats(&self, node: &str) -> Result<serde_json::Value> {
+        let out = self.nodes[node].sh(&format!(
+            "{} stats --node {node} --run-dir {} --json",
+            overlay_bin().display(),
+            self.run_dir.path.display()
+        ))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The node's datapath counters, read from its pins (the agent need not run).
+    pub fn counters(&self, node: &str) -> Result<Counters> {
+        Counters::from_pins(&Paths::new(&self.run_dir.path, node).pins)
+    }
+}
