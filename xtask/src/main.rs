@@ -2,6 +2,7 @@
 //! Everything a task needs (toolchain pieces, packages, bpffs) is installed here, so a fresh
 //! machine runs the README's commands with nothing done by hand.
 
+mod packages;
 mod toolchain;
 
 use std::{
@@ -28,8 +29,8 @@ enum Cmd {
     Build,
     /// Run every test: unit, BPF_PROG_TEST_RUN and end-to-end (needs root).
     Test {
-        /// Extra arguments for `cargo test` (a test name filter, for example).
-        #[arg(trailing_var_arg = true)]
+        /// Extra arguments for `cargo test` (`--test e2e`, a test name filter, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Bring up a three-node cluster in namespaces, show connectivity and counters, tear down.
@@ -57,6 +58,7 @@ fn main() -> Result<()> {
         Cmd::Build => build(&root),
         Cmd::Test { args } => test(&root, &args),
         Cmd::Demo { keep } => {
+            toolchain::ensure_packages(packages::DEMO)?;
             build(&root)?;
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "demo", "--"]);
@@ -67,7 +69,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, only } => {
             build(&root)?;
-            toolchain::ensure_packages(&["iperf3", "iproute2", "iputils-ping", "ethtool"])?;
+            toolchain::ensure_packages(packages::BENCH)?;
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "bench", "--"]);
             if quick {
@@ -129,9 +131,28 @@ fn build(root: &Path) -> Result<()> {
     run(cargo(root).args(["build", "--release", "--quiet", "-p", "overlay-user", "-p", "overlay-tests"]))
 }
 
+/// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace and the kernel crate.
+fn lint(root: &Path) -> Result<()> {
+    toolchain::ensure_components("stable", &["rustfmt", "clippy"])?;
+    toolchain::ensure_components("nightly", &["rustfmt"])?;
+    run(cargo(root).args(["fmt", "--all", "--check"])).context("formatting differs: run `cargo fmt --all`")?;
+    let kernel = root.join("overlay-ebpf");
+    let mut fmt_kernel = Command::new("cargo");
+    fmt_kernel.current_dir(&kernel).env_remove("RUSTUP_TOOLCHAIN").env_remove("CARGO").env_remove("RUSTC");
+    run(fmt_kernel.args(["+nightly", "fmt", "--check"]))
+        .context("kernel crate formatting differs: run `cargo +nightly fmt` in overlay-ebpf")?;
+    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--release", "--quiet", "--", "-D", "warnings"]))
+        .context("clippy found warnings")?;
+    Ok(())
+}
+
 fn test(root: &Path, args: &[String]) -> Result<()> {
-    toolchain::ensure_packages(&["iproute2", "iputils-ping", "ethtool"])?;
+    toolchain::ensure_packages(packages::TEST)?;
     build(root)?;
+    // The whole suite also holds the code to its style and lints; a filtered run skips them.
+    if args.is_empty() {
+        lint(root)?;
+    }
     let mut c = cargo(root);
     c.args(["test", "--release", "--workspace", "--no-fail-fast"]);
     // End-to-end tests each build a whole cluster; two cores run them best one at a time.

@@ -86,6 +86,18 @@ pub fn ensure_ebpf_toolchain() -> Result<Tools> {
     Ok(Tools { bin })
 }
 
+/// Install rustup components of `toolchain` that are missing (rustfmt, clippy).
+pub fn ensure_components(toolchain: &str, components: &[&str]) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    for c in components {
+        if !installed.lines().any(|l| l.starts_with(&format!("{c}-"))) {
+            eprintln!("xtask: installing {c} for the {toolchain} toolchain");
+            output(Command::new("rustup").args(["component", "add", c, "--toolchain", toolchain]))?;
+        }
+    }
+    Ok(())
+}
+
 /// Install Debian packages that are missing (CI runs as root on a fresh machine).
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs

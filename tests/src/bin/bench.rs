@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use overlay_tests::bench::{control, overlay, progrun, report::Report};
+use overlay_tests::{
+    bench::{control, overlay, progrun, report::Report},
+    prereq,
+};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -20,6 +23,7 @@ fn main() -> Result<()> {
         println!("{}", r.markdown());
         return Ok(());
     }
+    prereq::require(&[prereq::IP, prereq::PING, prereq::ETHTOOL, prereq::IPERF3], "cargo xtask bench")?;
     let mut r = Report::default();
     r.meta.insert("mode".into(), if quick { "quick (smoke run: short durations, numbers are rough)".into() } else { "full".into() });
     r.meta.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into());

@@ -2,15 +2,46 @@
 //! networks, a connectivity matrix, the datapath counters, then teardown.
 //! `--keep` leaves it up until Ctrl-C and prints how to look around.
 
-use std::time::Instant;
+use std::{process::Stdio, time::Instant};
 
-use overlay_tests::{overlay_bin, Cluster, ClusterSpec};
+use anyhow::{bail, Result};
+use overlay_tests::{in_netns, overlay_bin, prereq, tcpx_bin, Cluster, ClusterSpec};
 
-fn main() -> anyhow::Result<()> {
+/// One cell of the matrix: what ping said, read from its exit status (0 reply, 1 no reply,
+/// anything else: ping itself failed, so nothing was learned about the overlay).
+enum Ping {
+    Reached,
+    NoReply,
+    CouldNotTest(String),
+}
+
+fn ping(c: &Cluster, from: &str, to: &str) -> Ping {
+    let cmd = format!("ping -c1 -W1 -q {}", c.ip_of(to));
+    let out = in_netns(&c.container(from).name, &cmd).stdin(Stdio::null()).output();
+    match out {
+        Ok(o) if o.status.code() == Some(0) => Ping::Reached,
+        Ok(o) if o.status.code() == Some(1) => Ping::NoReply,
+        Ok(o) => Ping::CouldNotTest(format!("`{cmd}` in {from}: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Ping::CouldNotTest(format!("`{cmd}` in {from}: {e}")),
+    }
+}
+
+fn main() -> Result<()> {
+    // Before anything is created: a missing tool is named, never mistaken for a broken overlay.
+    prereq::require(&[prereq::IP, prereq::PING], "cargo xtask demo")?;
+    for (what, bin) in [("overlay", overlay_bin()), ("tcpx", tcpx_bin())] {
+        if !bin.exists() {
+            bail!("{what} is not built ({}): run `cargo xtask demo`, which builds it", bin.display());
+        }
+    }
     let keep = std::env::args().any(|a| a == "--keep");
     let spec = ClusterSpec::three_nodes_two_networks();
-    println!("Bringing up {} nodes, {} overlay networks, {} containers (all in network namespaces)...",
-             spec.nodes.len(), spec.networks.len(), spec.endpoints.len());
+    println!(
+        "Bringing up {} nodes, {} overlay networks, {} containers (all in network namespaces)...",
+        spec.nodes.len(),
+        spec.networks.len(),
+        spec.endpoints.len()
+    );
     let t0 = Instant::now();
     let mut c = Cluster::up(spec)?;
     println!("Agents applied the state in {:.1}s.\n", t0.elapsed().as_secs_f64());
@@ -34,7 +65,8 @@ fn main() -> anyhow::Result<()> {
         print!("{n:>7}");
     }
     println!();
-    let mut wrong = 0;
+    let (mut failed, mut untested) = (0, Vec::new());
+    let network = |n: &str| c.spec.endpoints.iter().find(|e| e.name == n).map(|e| e.network.clone());
     for a in &names {
         print!("{a:>8} ");
         for b in &names {
@@ -42,31 +74,53 @@ fn main() -> anyhow::Result<()> {
                 print!("{:>7}", "-");
                 continue;
             }
-            let same = c.spec.endpoints.iter().find(|e| &e.name == a).map(|e| &e.network)
-                == c.spec.endpoints.iter().find(|e| &e.name == b).map(|e| &e.network);
-            let ok = c.ping(a, b);
-            if ok != same {
-                wrong += 1;
-            }
-            print!("{:>7}", if ok { "ok" } else if same { "FAIL" } else { "x" });
+            let same = network(a) == network(b);
+            let cell = match (ping(&c, a, b), same) {
+                (Ping::Reached, true) => "ok",
+                (Ping::NoReply, false) => "x",
+                (Ping::Reached, false) | (Ping::NoReply, true) => {
+                    failed += 1;
+                    "FAIL"
+                }
+                (Ping::CouldNotTest(why), _) => {
+                    untested.push(why);
+                    "?"
+                }
+            };
+            print!("{cell:>7}");
         }
         println!();
     }
-    println!("\nTCP 10 MB web.1 (node-a) -> web.3 (node-c), echoed back and checked: {}",
-             if c.tcp("web.1", "web.3", 10_000_000) { "ok" } else { wrong += 1; "FAIL" });
+    println!("\n  ok: reached (same network)   x: blocked, as it must be (other network)");
+    println!("  FAIL: the overlay did the wrong thing   ?: could not test (ping itself failed)");
+    let tcp = c.tcp("web.1", "web.3", 10_000_000);
+    if !tcp {
+        failed += 1;
+    }
+    println!("\nTCP 10 MB web.1 (node-a) -> web.3 (node-c), echoed back and checked: {}", if tcp { "ok" } else { "FAIL" });
     println!("\nDatapath counters (overlay stats):");
     for n in ["node-a", "node-b", "node-c"] {
         let v = c.stats(n)?;
         let show = |sec: &str| -> String {
-            v[sec].as_array().map(|a| a.iter().filter(|x| x[1].as_u64().unwrap_or(0) > 0)
-                .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1])).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+            v[sec]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|x| x[1].as_u64().unwrap_or(0) > 0)
+                        .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
         };
-        println!("  {n}: forwarded: {}\n          dropped:   {}", show("forwarded"), { let d = show("dropped"); if d.is_empty() { "none".into() } else { d } });
+        let dropped = show("dropped");
+        println!("  {n}: forwarded: {}\n          dropped:   {}", show("forwarded"), if dropped.is_empty() { "none" } else { &dropped });
     }
     if keep {
         println!("\nThe cluster stays up until you press Ctrl-C. Look around with:");
         for (name, ns) in &c.nodes {
-            println!("  ip netns exec {} {} stats --node {name} --run-dir {}", ns.name, overlay_bin().display(), c.run_dir.path.display());
+            let run_dir = c.run_dir.path.display();
+            println!("  ip netns exec {} {} stats --node {name} --run-dir {run_dir}", ns.name, overlay_bin().display());
         }
         for (name, ns) in &c.containers {
             println!("  ip netns exec {} ip addr      # container {name}", ns.name);
@@ -78,8 +132,11 @@ fn main() -> anyhow::Result<()> {
     }
     drop(c);
     println!("\nTorn down.");
-    if wrong > 0 {
-        anyhow::bail!("{wrong} connectivity check(s) did not match the expectation");
+    if !untested.is_empty() {
+        bail!("{} check(s) could not be made (a tool failed, not the overlay):\n  {}", untested.len(), untested.join("\n  "));
+    }
+    if failed > 0 {
+        bail!("{failed} connectivity check(s) did not match the expectation");
     }
     Ok(())
 }

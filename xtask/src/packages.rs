@@ -1,0 +1,10 @@
+//! What each command needs from Debian, in one place. Every command installs its own list, so
+//! the README's first command works on a fresh host with nothing but Rust.
+
+/// `cargo xtask demo`: namespaces and links (ip), the connectivity matrix (ping).
+pub const DEMO: &[&str] = &["iproute2", "iputils-ping"];
+/// `cargo xtask test`: the demo's tools, ethtool (checksum offload in the XDP tests) and procps
+/// (sysctl in the BPF test bed).
+pub const TEST: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps"];
+/// `cargo xtask bench`: the test tools and iperf3 (throughput and packet rate).
+pub const BENCH: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "iperf3"];
