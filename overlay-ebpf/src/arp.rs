@@ -53,9 +53,7 @@ pub fn answer(ctx: &TcContext, iface: &LocalIface, ifindex: u32) -> Result<i32, 
         if target == iface.ip {
             return Err(DropReason::ArpUnknownTarget);
         }
-        let ep = OV_ENDPOINTS
-            .get(&EndpointKey { vni: iface.vni, ip: target })
-            .ok_or(DropReason::ArpUnknownTarget)?;
+        let ep = OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: target }).ok_or(DropReason::ArpUnknownTarget)?;
         let mac = ep.mac;
 
         let e = &mut *eth;

@@ -64,8 +64,8 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface) -> Result<i32, DropRe
         return Err(DropReason::Broadcast);
     }
     // Networks are isolated by construction: only endpoints of the sender's VNI are found.
-    let ep = *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }
-        .ok_or(DropReason::UnknownDestination)?;
+    let ep =
+        *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }.ok_or(DropReason::UnknownDestination)?;
     if ep.flags & EP_LOCAL != 0 {
         stats::fwd(FwdCounter::LocalDelivery);
         // Straight into the peer container's ingress, skipping the backlog queue.

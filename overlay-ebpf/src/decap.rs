@@ -92,7 +92,14 @@ pub fn classify(pkt: &Packet, frame_len: usize, cfg: &Config) -> Result<Verdict,
 
 /// The checks of a frame known to be VXLAN to us.
 #[inline(always)]
-fn vxlan(pkt: &Packet, frame_len: usize, ip: &Ipv4Hdr, udp: &UdpHdr, frags: u16, outer_src: u32) -> Result<Verdict, DropReason> {
+fn vxlan(
+    pkt: &Packet,
+    frame_len: usize,
+    ip: &Ipv4Hdr,
+    udp: &UdpHdr,
+    frags: u16,
+    outer_src: u32,
+) -> Result<Verdict, DropReason> {
     if frags & IP_MF != 0 {
         return Err(DropReason::OuterFragment);
     }

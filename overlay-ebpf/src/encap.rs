@@ -109,7 +109,8 @@ fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<NextHop, DropRea
     fib.__bindgen_anon_3.ipv4_src = cfg.node_ip;
     fib.__bindgen_anon_4.ipv4_dst = vtep;
     let skb = ctx.skb.skb as *mut c_void;
-    let rc = unsafe { fib_lookup(skb, &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) } as u32;
+    let rc =
+        unsafe { fib_lookup(skb, &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop { ifindex: fib.ifindex, macs: Some((fib.dmac, fib.smac)) }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop { ifindex: fib.ifindex, macs: None }),

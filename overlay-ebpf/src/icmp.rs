@@ -45,12 +45,17 @@ pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Option<i32> {
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
 
     // From the address the packet was for: the container's stack matches the quote anyway.
-    let (to, from) = (u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]),
-                      u32::from_ne_bytes([quote[16], quote[17], quote[18], quote[19]]));
+    let (to, from) = (
+        u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]),
+        u32::from_ne_bytes([quote[16], quote[17], quote[18], quote[19]]),
+    );
     let tot_len = (IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16;
     let mut out = [0u8; REPLY_LEN];
-    out[0..14].copy_from_slice(&hdr::eth(&[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
-                                         &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]], ETH_P_IP));
+    out[0..14].copy_from_slice(&hdr::eth(
+        &[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+        &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
+        ETH_P_IP,
+    ));
     out[14..34].copy_from_slice(&hdr::ipv4(0xc0, tot_len, 0, IPPROTO_ICMP, from, to));
     out[34..].copy_from_slice(&icmp);
     let pkt = Packet::new(ctx.data(), ctx.data_end());

@@ -4,14 +4,14 @@
 #![no_main]
 
 // The packet path, in the order a packet meets it:
-mod parse; // bounds-checked access, header sizes
-mod container; // container side: what a container sends (MAC/IP checks, local delivery)
 mod arp; // ARP answered from the maps
-mod encap; // MTU check, next hop, outer headers
-mod icmp; // "fragmentation needed" back to the sender
+mod container; // container side: what a container sends (MAC/IP checks, local delivery)
 mod decap; // underlay side: VXLAN to us, checked, to the local container
+mod encap; // MTU check, next hop, outer headers
 mod hdr; // header builders shared by encap and icmp
+mod icmp; // "fragmentation needed" back to the sender
 mod maps; // every map
+mod parse; // bounds-checked access, header sizes
 mod stats; // per-CPU counters
 
 use aya_ebpf::{

@@ -177,7 +177,12 @@ impl Netlink {
 
     /// The link holding `address`, if any.
     pub async fn link_with_address(&self, address: Ipv4Addr) -> Result<Option<Link>> {
-        let index = self.address_messages(None).await?.iter().find(|m| ipv4_of(m).map(|a| a.0) == Some(address)).map(|m| m.header.index);
+        let index = self
+            .address_messages(None)
+            .await?
+            .iter()
+            .find(|m| ipv4_of(m).map(|a| a.0) == Some(address))
+            .map(|m| m.header.index);
         let Some(index) = index else { return Ok(None) };
         Ok(self.links().await?.into_iter().find(|l| l.index == index))
     }

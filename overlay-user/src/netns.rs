@@ -27,7 +27,8 @@ impl Entered {
         }
         let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
         let target = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
-        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", path.display()))?;
+        setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering netns {}", path.display()))?;
         Ok(Self { home })
     }
 }

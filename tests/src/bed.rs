@@ -76,7 +76,10 @@ pub fn bed() -> Bed {
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(A) }, local(A_IFINDEX, MAC_A));
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(C) }, local(C_IFINDEX, [2, 0x42, 10, 0, 9, 5]));
     c.endpoints.insert(EndpointKey { vni: VNI2, ip: k(OTHER_NET) }, local(43, [2, 0x42, 10, 0, 10, 3]));
-    c.endpoints.insert(EndpointKey { vni: VNI, ip: k(B) }, EndpointInfo { mac: MAC_B, flags: 0, ifindex: 0, vtep: k(PEER_IP) });
+    c.endpoints.insert(
+        EndpointKey { vni: VNI, ip: k(B) },
+        EndpointInfo { mac: MAC_B, flags: 0, ifindex: 0, vtep: k(PEER_IP) },
+    );
     dp.apply(&Contents::default(), &c).unwrap();
     Bed { dp, _in: entered, _ns: ns, underlay_ifindex }
 }
@@ -97,7 +100,12 @@ impl Bed {
         let mut out = vec![0u8; data.len() + 256];
         let p: &SchedClassifier = self.dp.ebpf().program(prog).unwrap().try_into().unwrap();
         let r = p
-            .test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ctx_in: Some(&ctx), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
             .unwrap_or_else(|e| panic!("test run of {prog} with {} bytes: {e}", data.len()));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -106,7 +114,8 @@ impl Bed {
     pub fn xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; data.len() + 256];
         let p: &Xdp = self.dp.ebpf().program(PROG_UNDERLAY_XDP).unwrap().try_into().unwrap();
-        let r = p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ..Default::default() }).unwrap();
+        let r =
+            p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ..Default::default() }).unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
@@ -119,4 +128,3 @@ impl Bed {
         self.dp.counters().unwrap()
     }
 }
-

@@ -104,7 +104,11 @@ pub struct RunDir {
 impl RunDir {
     pub fn new() -> Result<Self> {
         init();
-        let path = PathBuf::from(format!("/run/overlay-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let path = PathBuf::from(format!(
+            "/run/overlay-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(path.join("bpffs"))?;
         nix::mount::mount(Some("bpf"), &path.join("bpffs"), Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
             .context("mounting a bpffs")?;

@@ -105,7 +105,17 @@ impl Cluster {
             containers.insert(e.name.clone(), Netns::new(&short(&e.name))?);
         }
         let state_file = run_dir.path.join("state.toml");
-        let mut c = Self { spec, run_dir, state_file, underlay, nodes, containers, agents: BTreeMap::new(), servers: Vec::new(), logs };
+        let mut c = Self {
+            spec,
+            run_dir,
+            state_file,
+            underlay,
+            nodes,
+            containers,
+            agents: BTreeMap::new(),
+            servers: Vec::new(),
+            logs,
+        };
         c.write_state(&c.render_state())?;
         for n in c.spec.nodes.clone() {
             if !n.ours {
@@ -211,10 +221,10 @@ impl Cluster {
     /// Start a paced transfer in the background; `Proc.0.wait()` tells whether it survived.
     pub fn tcp_background(&self, from: &str, to: &str, bytes: u64, seconds: f64) -> Result<Proc> {
         let log = self.logs.join(format!("flow-{from}-{to}.log"));
-        Ok(Proc(self.container(from).spawn(
-            &format!("{} send {} 5001 {bytes} {seconds}", tcpx_bin().display(), self.ip_of(to)),
-            &log,
-        )?))
+        Ok(Proc(
+            self.container(from)
+                .spawn(&format!("{} send {} 5001 {bytes} {seconds}", tcpx_bin().display(), self.ip_of(to)), &log)?,
+        ))
     }
 
     pub fn ping(&self, from: &str, to: &str) -> bool {

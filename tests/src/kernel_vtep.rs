@@ -4,7 +4,10 @@
 
 use anyhow::Result;
 
-use crate::{spec::{docker_mac, NodeSpec}, Cluster};
+use crate::{
+    spec::{docker_mac, NodeSpec},
+    Cluster,
+};
 
 impl Cluster {
     /// A node built the way Docker's overlay driver builds it: a kernel vxlan device and a

@@ -67,12 +67,7 @@ impl Netns {
 
     /// Like `ok`, for a namespace known only by name.
     pub fn ok_in(name: &str, cmd: &str) -> bool {
-        in_netns(name, cmd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        in_netns(name, cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
     }
 
     pub fn ifindex(&self, ifname: &str) -> Result<u32> {
@@ -95,11 +90,7 @@ impl Drop for Netns {
 pub fn run(c: &mut Command) -> Result<String> {
     let out = c.output().with_context(|| format!("running {c:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{c:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{c:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }

@@ -107,7 +107,10 @@ fn one_bad_local_endpoint_does_not_block_other_changes() {
 
     let r = record(&c, "node-a");
     assert!(r.failed.get("bad.1").is_some_and(|why| why.contains("eth0")), "{:?}", r.failed);
-    assert!(wait_for(Duration::from_secs(5), || c.container("web.1").ok("ping -c1 -W1 10.0.9.6")), "new remote endpoint");
+    assert!(
+        wait_for(Duration::from_secs(5), || c.container("web.1").ok("ping -c1 -W1 10.0.9.6")),
+        "new remote endpoint"
+    );
     // The removed endpoint is gone from node-a's maps: ARP for it is refused, not answered.
     c.container("web.1").sh("ip neigh flush all").unwrap();
     assert!(!c.ping("web.1", "web.3"));
@@ -210,7 +213,8 @@ fn a_fifo_in_place_of_a_sandbox_blocks_nothing() {
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let text = c.render_state() + &endpoint_block("fifo.1", "node-a", "10.0.9.30", &fifo);
     c.write_state(&text).unwrap();
-    let check = format!("timeout 10 {} check --state {} --node node-a 2>&1", overlay_bin().display(), c.state_file.display());
+    let check =
+        format!("timeout 10 {} check --state {} --node node-a 2>&1", overlay_bin().display(), c.state_file.display());
     let out = c.nodes["node-a"].sh(&format!("{check}; echo exit=$?")).unwrap();
     assert!(out.contains("not a network namespace") && out.contains("exit=1"), "{out}");
     assert!(
@@ -232,7 +236,8 @@ fn a_veth_stays_down_until_its_program_is_attached() {
     let mut c = Cluster::up(two_nodes()).unwrap();
     let bpffs = c.run_dir.path.join("bpffs");
     let remount = |opt: &str| {
-        let flags = nix::mount::MsFlags::MS_REMOUNT | if opt == "ro" { nix::mount::MsFlags::MS_RDONLY } else { nix::mount::MsFlags::empty() };
+        let flags = nix::mount::MsFlags::MS_REMOUNT
+            | if opt == "ro" { nix::mount::MsFlags::MS_RDONLY } else { nix::mount::MsFlags::empty() };
         nix::mount::mount(None::<&str>, &bpffs, Some("bpf"), flags, None::<&str>).unwrap();
     };
     let web9 = Netns::new("web9").unwrap();

@@ -17,7 +17,8 @@ fn the_demo_names_a_missing_tool_before_it_starts() {
     // A PATH with `ip` but no `ping`.
     let dir = std::env::temp_dir().join(format!("overlay-nopping-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+    let ip =
+        ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].into_iter().find(|p| Path::new(p).exists()).unwrap();
     let _ = std::os::unix::fs::symlink(ip, dir.join("ip"));
     let before = namespaces();
     let out = Command::new(&demo).env("PATH", &dir).output().unwrap();

@@ -55,7 +55,10 @@ fn full_mesh(c: &mut Cluster) {
             }
         }
     }
-    let encap: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(&c, n, FwdCounter::Encap) + fwd(&c, n, FwdCounter::EncapNeighResolve)).sum();
+    let encap: u64 = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| fwd(&c, n, FwdCounter::Encap) + fwd(&c, n, FwdCounter::EncapNeighResolve))
+        .sum();
     let decap: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(&c, n, FwdCounter::Decap)).sum();
     let local: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(&c, n, FwdCounter::LocalDelivery)).sum();
     let arp: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(&c, n, FwdCounter::ArpReply)).sum();
@@ -132,7 +135,8 @@ fn state_changes_apply_live_and_bad_states_are_ignored() {
     // web.3 exists as a sandbox but is not in the first state.
     let mut c = Cluster::up(spec.clone()).unwrap();
     let full = c.render_state();
-    let without_web3 = full.split("[[endpoints]]").filter(|b| !b.contains("\"web.3\"")).collect::<Vec<_>>().join("[[endpoints]]");
+    let without_web3 =
+        full.split("[[endpoints]]").filter(|b| !b.contains("\"web.3\"")).collect::<Vec<_>>().join("[[endpoints]]");
     c.write_state(&without_web3).unwrap();
     c.wait_applied(Duration::from_secs(10)).unwrap();
     assert!(!c.ping("web.1", "web.3"), "web.3 is not in the state yet");
@@ -148,9 +152,16 @@ fn state_changes_apply_live_and_bad_states_are_ignored() {
 
     // An invalid state is rejected and changes nothing.
     let hash_before = c.applied_hash("node-a");
-    c.write_state(&full.replace("network = \"app-net\"\nnode = \"node-c\"", "network = \"nope\"\nnode = \"node-c\"")).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.agent_log("node-a").contains("new state rejected")), "rejection not logged");
-    assert!(c.agent_log("node-a").contains("unknown network \\\"nope\\\"") || c.agent_log("node-a").contains("unknown network \"nope\""));
+    c.write_state(&full.replace("network = \"app-net\"\nnode = \"node-c\"", "network = \"nope\"\nnode = \"node-c\""))
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || c.agent_log("node-a").contains("new state rejected")),
+        "rejection not logged"
+    );
+    assert!(
+        c.agent_log("node-a").contains("unknown network \\\"nope\\\"")
+            || c.agent_log("node-a").contains("unknown network \"nope\"")
+    );
     assert_eq!(c.applied_hash("node-a"), hash_before);
     assert!(c.ping("web.1", "web.3"), "last good state must keep forwarding");
 
@@ -166,14 +177,18 @@ fn state_changes_apply_live_and_bad_states_are_ignored() {
     assert!(!c.nodes["node-c"].sh("ip -o link").unwrap().contains(": ov"), "node-c kept a veth for web.3");
 
     // Removed.
-    let removed = moved.split("[[endpoints]]").filter(|b| !b.contains("\"web.3\"")).collect::<Vec<_>>().join("[[endpoints]]");
+    let removed =
+        moved.split("[[endpoints]]").filter(|b| !b.contains("\"web.3\"")).collect::<Vec<_>>().join("[[endpoints]]");
     c.write_state(&removed).unwrap();
     c.wait_applied(Duration::from_secs(10)).unwrap();
     assert!(!c.ping("web.1", "web.3"), "removed endpoint still reachable");
     assert!(!c.container("web.3").sh("ip -o link").unwrap().contains("eth0"), "removed endpoint kept its interface");
 
-    assert!(flow.0.wait().unwrap().success(), "the unrelated flow broke during the changes:\n{}",
-            std::fs::read_to_string(c.logs.join("flow-web.1-web.2.log")).unwrap_or_default());
+    assert!(
+        flow.0.wait().unwrap().success(),
+        "the unrelated flow broke during the changes:\n{}",
+        std::fs::read_to_string(c.logs.join("flow-web.1-web.2.log")).unwrap_or_default()
+    );
 }
 
 #[test]
@@ -192,7 +207,11 @@ fn agent_restart_keeps_an_open_tcp_connection() {
     // A restart applies the same state again: wait for the new generation.
     std::thread::sleep(Duration::from_millis(300));
     c.wait_applied(Duration::from_secs(10)).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || c.agent_log("node-a").contains("adopted")), "maps were not reused:\n{}", c.agent_log("node-a"));
+    assert!(
+        wait_for(Duration::from_secs(5), || c.agent_log("node-a").contains("adopted")),
+        "maps were not reused:\n{}",
+        c.agent_log("node-a")
+    );
     assert!(flow.0.wait().unwrap().success(), "the TCP connection did not survive the restart");
     assert!(c.ping("web.1", "web.2"));
 }
@@ -203,7 +222,9 @@ fn down_removes_everything() {
     assert!(c.ping("web.1", "web.2"));
     c.kill_agent("node-a");
     let bin = overlay_tests::overlay_bin();
-    c.nodes["node-a"].sh(&format!("{} down --node node-a --run-dir {}", bin.display(), c.run_dir.path.display())).unwrap();
+    c.nodes["node-a"]
+        .sh(&format!("{} down --node node-a --run-dir {}", bin.display(), c.run_dir.path.display()))
+        .unwrap();
     let links = c.nodes["node-a"].sh("ip -o link").unwrap();
     assert!(!links.contains(": ov"), "veths left: {links}");
     assert!(!c.nodes["node-a"].sh("ip link show ul0").unwrap().contains("xdp"), "program left on the underlay");
@@ -241,7 +262,11 @@ fn a_sandbox_that_appears_later_is_plumbed_without_a_file_change() {
     // Everything else in the state is applied; the endpoint whose sandbox is missing waits.
     c.wait_applied(Duration::from_secs(10)).unwrap();
     let record = |c: &Cluster| c.record("node-a").unwrap();
-    assert!(record(&c).failed.get("late.1").is_some_and(|why| why.contains("does not exist")), "{:?}", record(&c).failed);
+    assert!(
+        record(&c).failed.get("late.1").is_some_and(|why| why.contains("does not exist")),
+        "{:?}",
+        record(&c).failed
+    );
     assert!(c.ping("web.1", "web.2"), "the rest of the state must keep forwarding");
     // The container's sandbox appears; the file does not change. The agent retries by itself.
     let late = Netns::create(&name).unwrap();
@@ -259,7 +284,10 @@ fn stats_cli_agrees_with_the_pinned_counters() {
     let typed = c.counters("node-a").unwrap();
     for (section, rows) in [("forwarded", &typed.forwarded), ("dropped", &typed.dropped)] {
         for (name, v) in rows {
-            let cli = json[section].as_array().and_then(|a| a.iter().find(|x| x[0] == name.as_str())).and_then(|x| x[1].as_u64());
+            let cli = json[section]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x[0] == name.as_str()))
+                .and_then(|x| x[1].as_u64());
             // Counters only grow: the CLI, read first, may be behind by what the ping's echo added.
             assert!(cli.is_some_and(|x| x <= *v), "{section} {name}: cli {cli:?}, pins {v}");
         }

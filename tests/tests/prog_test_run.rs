@@ -61,11 +61,17 @@ fn encap_to_remote_endpoint_golden_bytes() {
     let inner = inner_tcp(A, B, 40000, 80, 64);
     let sport = src_port(flow_hash(k(A), k(B), 6, ports_word(40000, 80)));
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::Encap, "encap", |b| {
-        let (v, o) = b.from_container(&inner);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::Encap,
+        "encap",
+        |b| {
+            let (v, o) = b.from_container(&inner);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(out, expected_encap(&inner, sport), "encapsulated bytes");
     // Outer IPv4 checksum verifies.
     assert_eq!(csum(&out[14..34]), 0);
@@ -98,11 +104,17 @@ fn encap_without_forwarding_lets_the_kernel_route() {
     let inner = inner_tcp(A, B, 40000, 80, 64);
     let sport = src_port(flow_hash(k(A), k(B), 6, ports_word(40000, 80)));
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::EncapNeighResolve, "encap via kernel route", |b| {
-        let (v, o) = b.from_container(&inner);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::EncapNeighResolve,
+        "encap via kernel route",
+        |b| {
+            let (v, o) = b.from_container(&inner);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     let mut want = expected_encap(&inner, sport);
     want[..12].fill(0);
     assert_eq!(out, want);
@@ -113,11 +125,17 @@ fn local_delivery_is_redirected_unchanged() {
     let mut bed = bed();
     let f = inner_tcp(A, C, 40000, 80, 30);
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::LocalDelivery, "local", |b| {
-        let (v, o) = b.from_container(&f);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::LocalDelivery,
+        "local",
+        |b| {
+            let (v, o) = b.from_container(&f);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(out, f);
 }
 
@@ -126,11 +144,17 @@ fn arp_request_is_answered_from_the_maps() {
     let mut bed = bed();
     let req = arp_request(MAC_A, A, B);
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::ArpReply, "arp", |b| {
-        let (v, o) = b.from_container(&req);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::ArpReply,
+        "arp",
+        |b| {
+            let (v, o) = b.from_container(&req);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     let mut want = eth(MAC_A, MAC_B, 0x0806);
     want.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
     want.extend_from_slice(&MAC_B);
@@ -178,12 +202,24 @@ fn container_side_drops_each_have_a_reason() {
     // are accepted from 14 bytes, so the container side's bounds checks are exercised there.
     let f = arp_request(MAC_A, A, B);
     for cut in 14..f.len() {
-        expect_drop(&mut bed, DropReason::Truncated, &format!("arp cut at {cut}"), |b| b.from_container(&f[..cut]).0, TC_ACT_SHOT);
+        expect_drop(
+            &mut bed,
+            DropReason::Truncated,
+            &format!("arp cut at {cut}"),
+            |b| b.from_container(&f[..cut]).0,
+            TC_ACT_SHOT,
+        );
     }
     // A packet on a veth the maps do not know.
     let f = inner_tcp(A, B, 1, 2, 20);
     let ul = bed.underlay_ifindex;
-    expect_drop(&mut bed, DropReason::UnknownInterface, "unknown iface", |b| b.tc(PROG_FROM_CONTAINER, &f, ul).0, TC_ACT_SHOT);
+    expect_drop(
+        &mut bed,
+        DropReason::UnknownInterface,
+        "unknown iface",
+        |b| b.tc(PROG_FROM_CONTAINER, &f, ul).0,
+        TC_ACT_SHOT,
+    );
 }
 
 #[test]
@@ -194,11 +230,17 @@ fn too_big_for_the_underlay_gets_icmp_fragmentation_needed() {
     assert_eq!(f.len(), 14 + 1451);
     let before = bed.counters();
     let mut out = Vec::new();
-    expect_drop(&mut bed, DropReason::TooBig, "too big, DF", |b| {
-        let (v, o) = b.from_container(&f);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_drop(
+        &mut bed,
+        DropReason::TooBig,
+        "too big, DF",
+        |b| {
+            let (v, o) = b.from_container(&f);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(bed.counters().fwd(FwdCounter::IcmpFragNeeded), before.fwd(FwdCounter::IcmpFragNeeded) + 1);
     // Back to the sender: from the address it wrote to, type 3 code 4, next-hop MTU 1450,
     // quoting its IPv4 header and the first 8 bytes after it.
@@ -272,11 +314,17 @@ fn decap_golden(mode: Mode) {
     let mut bed = bed();
     let (frame, inner) = frame_to_a(VNI);
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::Decap, "decap", |b| {
-        let (v, o) = mode.run(b, &frame);
-        out = o;
-        v
-    }, mode.v().redirect);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::Decap,
+        "decap",
+        |b| {
+            let (v, o) = mode.run(b, &frame);
+            out = o;
+            v
+        },
+        mode.v().redirect,
+    );
     assert_eq!(out, inner, "{mode:?}: decapsulated bytes");
     // Reserved bits in the VXLAN header are ignored on receive (RFC 7348).
     let mut f = frame.clone();
@@ -322,11 +370,17 @@ fn host_traffic_passes(mode: Mode) {
     frames.push(("non-first fragment", f));
     for (what, f) in frames {
         let mut out = Vec::new();
-        expect_fwd(&mut bed, FwdCounter::PassHost, what, |b| {
-            let (r, o) = mode.run(b, &f);
-            out = o;
-            r
-        }, v.pass);
+        expect_fwd(
+            &mut bed,
+            FwdCounter::PassHost,
+            what,
+            |b| {
+                let (r, o) = mode.run(b, &f);
+                out = o;
+                r
+            },
+            v.pass,
+        );
         assert_eq!(out, f, "{mode:?} {what}: passed frames are untouched");
     }
 }
@@ -350,7 +404,10 @@ fn malformed(mode: Mode) {
     // Truncation at every offset, lengths left as they were: too short to be identified as
     // ours before the UDP header is complete (passes), a length mismatch after.
     // The skb test runner refuses IPv4 frames shorter than a whole IPv4 header.
-    let first = match mode { Mode::Xdp => 14, Mode::Tc => 34 };
+    let first = match mode {
+        Mode::Xdp => 14,
+        Mode::Tc => 34,
+    };
     for cut in first..n {
         let f = &frame[..cut];
         if cut < 42 {
@@ -364,16 +421,30 @@ fn malformed(mode: Mode) {
     for cut in 42..84 {
         let mut f = frame[..cut].to_vec();
         fix_lengths(&mut f, cut);
-        expect_drop(&mut bed, DropReason::BadLength, &format!("{mode:?} consistent cut {cut}"), |b| mode.run(b, &f).0, v.drop);
+        expect_drop(
+            &mut bed,
+            DropReason::BadLength,
+            &format!("{mode:?} consistent cut {cut}"),
+            |b| mode.run(b, &f).0,
+            v.drop,
+        );
     }
     let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
         ("ihl<5", DropReason::BadIpHeaderLen, Box::new(|f| f[14] = 0x44)),
-        ("total length beyond the frame", DropReason::BadLength, Box::new(|f| {
-            let t = u16::from_be_bytes([f[16], f[17]]) + 10;
-            f[16..18].copy_from_slice(&t.to_be_bytes());
-        })),
+        (
+            "total length beyond the frame",
+            DropReason::BadLength,
+            Box::new(|f| {
+                let t = u16::from_be_bytes([f[16], f[17]]) + 10;
+                f[16..18].copy_from_slice(&t.to_be_bytes());
+            }),
+        ),
         ("udp length wrong", DropReason::BadLength, Box::new(|f| f[39] ^= 1)),
-        ("first fragment", DropReason::OuterFragment, Box::new(|f| f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()))),
+        (
+            "first fragment",
+            DropReason::OuterFragment,
+            Box::new(|f| f[20..22].copy_from_slice(&0x2000u16.to_be_bytes())),
+        ),
         ("I flag clear", DropReason::VxlanNoIFlag, Box::new(|f| f[42] = 0)),
         ("unknown vni", DropReason::UnknownVni, Box::new(|f| f[46..49].copy_from_slice(&[0, 3, 0xe7]))),
         ("inner vlan", DropReason::InnerVlan, Box::new(|f| f[62..64].copy_from_slice(&[0x81, 0]))),
@@ -381,11 +452,19 @@ fn malformed(mode: Mode) {
         ("inner ipv6", DropReason::InnerNotIpv4, Box::new(|f| f[62..64].copy_from_slice(&[0x86, 0xdd]))),
         ("inner ihl<5", DropReason::BadIpHeaderLen, Box::new(|f| f[64] = 0x43)),
         ("inner to a remote endpoint", DropReason::DecapNotLocal, Box::new(|f| f[80..84].copy_from_slice(&B))),
-        ("inner to another network's endpoint", DropReason::DecapNotLocal, Box::new(|f| f[80..84].copy_from_slice(&OTHER_NET))),
-        ("inner longer than the outer packet carries", DropReason::BadLength, Box::new(|f| {
-            let t = u16::from_be_bytes([f[66], f[67]]) + 1;
-            f[66..68].copy_from_slice(&t.to_be_bytes());
-        })),
+        (
+            "inner to another network's endpoint",
+            DropReason::DecapNotLocal,
+            Box::new(|f| f[80..84].copy_from_slice(&OTHER_NET)),
+        ),
+        (
+            "inner longer than the outer packet carries",
+            DropReason::BadLength,
+            Box::new(|f| {
+                let t = u16::from_be_bytes([f[66], f[67]]) + 1;
+                f[66..68].copy_from_slice(&t.to_be_bytes());
+            }),
+        ),
     ];
     for (what, reason, edit) in cases {
         let mut f = frame.clone();
@@ -435,10 +514,22 @@ fn crafted(mode: Mode) {
             f[42] = 0;
             f
         }),
-        ("from a node that does not host the source", DropReason::VtepMismatch, frame_to_a_from(THIRD_IP, VNI, B, MAC_A).0),
+        (
+            "from a node that does not host the source",
+            DropReason::VtepMismatch,
+            frame_to_a_from(THIRD_IP, VNI, B, MAC_A).0,
+        ),
         ("claiming a local endpoint as source", DropReason::VtepMismatch, frame_to_a_from(PEER_IP, VNI, C, MAC_A).0),
-        ("inner source no endpoint", DropReason::UnknownInnerSource, frame_to_a_from(PEER_IP, VNI, [8, 8, 8, 8], MAC_A).0),
-        ("inner source of another network", DropReason::UnknownInnerSource, frame_to_a_from(PEER_IP, VNI, OTHER_NET, MAC_A).0),
+        (
+            "inner source no endpoint",
+            DropReason::UnknownInnerSource,
+            frame_to_a_from(PEER_IP, VNI, [8, 8, 8, 8], MAC_A).0,
+        ),
+        (
+            "inner source of another network",
+            DropReason::UnknownInnerSource,
+            frame_to_a_from(PEER_IP, VNI, OTHER_NET, MAC_A).0,
+        ),
         ("broadcast inner MAC", DropReason::InnerMacMismatch, frame_to_a_from(PEER_IP, VNI, B, [0xff; 6]).0),
         ("another endpoint's inner MAC", DropReason::InnerMacMismatch, frame_to_a_from(PEER_IP, VNI, B, MAC_B).0),
     ];
@@ -471,7 +562,13 @@ fn a_container_must_use_its_own_mac() {
     let mut bed = bed();
     let mut f = inner_tcp(A, B, 1, 2, 20);
     f[6..12].copy_from_slice(&MAC_B);
-    expect_drop(&mut bed, DropReason::SpoofedMac, "IPv4 with another endpoint's MAC", |b| b.from_container(&f).0, TC_ACT_SHOT);
+    expect_drop(
+        &mut bed,
+        DropReason::SpoofedMac,
+        "IPv4 with another endpoint's MAC",
+        |b| b.from_container(&f).0,
+        TC_ACT_SHOT,
+    );
     let mut f = arp_request(MAC_A, A, B);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
     expect_drop(&mut bed, DropReason::SpoofedMac, "ARP from another MAC", |b| b.from_container(&f).0, TC_ACT_SHOT);
@@ -499,7 +596,10 @@ fn gso_segments_must_fit_the_underlay() {
     let after = bed.counters();
     assert_eq!(after.drop(DropReason::TooBig), before.drop(DropReason::TooBig) + 1, "segments one byte too big");
     // A DF sender is told the MTU that fits, as for a single packet.
-    assert_eq!((v, after.fwd(FwdCounter::IcmpFragNeeded)), (TC_ACT_REDIRECT, before.fwd(FwdCounter::IcmpFragNeeded) + 1));
+    assert_eq!(
+        (v, after.fwd(FwdCounter::IcmpFragNeeded)),
+        (TC_ACT_REDIRECT, before.fwd(FwdCounter::IcmpFragNeeded) + 1)
+    );
     assert_eq!(&out[34..36], &[3, 4], "ICMP type 3 code 4");
     assert_eq!(u16::from_be_bytes([out[40], out[41]]), 1450);
 }

@@ -46,7 +46,10 @@ fn only_cluster_nodes_can_send_into_a_network() {
     // A host on the underlay that is not a node.
     let rogue = Netns::new("rogue").unwrap();
     c.underlay
-        .sh(&format!("ip link add r0 type veth peer name eth0 netns {} && ip link set r0 master br0 && ip link set r0 up", rogue.name))
+        .sh(&format!(
+            "ip link add r0 type veth peer name eth0 netns {} && ip link set r0 master br0 && ip link set r0 up",
+            rogue.name
+        ))
         .unwrap();
     rogue.sh("ip addr add 192.168.50.66/24 dev eth0 && ip link set eth0 up").unwrap();
     let (b, cn) = (c.nodes["node-b"].name.clone(), c.nodes["node-c"].name.clone());
@@ -56,7 +59,10 @@ fn only_cluster_nodes_can_send_into_a_network() {
     // The right node, the right source, the right MAC: delivered.
     assert!(arrives(&c, &b, "192.168.50.12", 4097, "10.0.9.4", web1_mac, "legit"), "the injector does not work");
 
-    assert!(!arrives(&c, &rogue.name, "192.168.50.66", 4097, "10.0.9.4", web1_mac, "rogue"), "accepted from a non-node");
+    assert!(
+        !arrives(&c, &rogue.name, "192.168.50.66", 4097, "10.0.9.4", web1_mac, "rogue"),
+        "accepted from a non-node"
+    );
     assert!(!arrives(&c, &cn, "192.168.50.13", 4097, "10.0.9.4", web1_mac, "wrongnode"), "web.2 is not on node-c");
     assert!(!arrives(&c, &b, "192.168.50.12", 4097, "8.8.8.8", web1_mac, "foreign"), "inner source not an endpoint");
     assert!(!arrives(&c, &b, "192.168.50.12", 4097, "10.0.10.4", web1_mac, "othernet"), "source from another network");

@@ -166,7 +166,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| {
-                rest.split(';').find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
             };
             passed += num("passed").unwrap_or(0);
             failed += num("failed").unwrap_or(0);

@@ -54,12 +54,7 @@ pub fn ensure_ebpf_toolchain() -> Result<Tools> {
     if linker.exists() && built_for.trim() == llvm_lib {
         return Ok(Tools { bin });
     }
-    let major = llvm_lib
-        .trim_start_matches("libLLVM.so.")
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let major = llvm_lib.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_string();
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm_lib} (about a minute)");
     let prefix = dir.join("llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -88,7 +83,8 @@ pub fn ensure_ebpf_toolchain() -> Result<Tools> {
 
 /// Install rustup components of `toolchain` that are missing (rustfmt, clippy).
 pub fn ensure_components(toolchain: &str, components: &[&str]) -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
     for c in components {
         if !installed.lines().any(|l| l.starts_with(&format!("{c}-"))) {
             eprintln!("xtask: installing {c} for the {toolchain} toolchain");

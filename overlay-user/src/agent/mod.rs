@@ -173,7 +173,8 @@ impl Agent {
     async fn ensure_plumbed(&mut self, ep: &Endpoint, state: &ClusterState) -> Result<(Plumbed, bool)> {
         let want = self.spec(ep, state)?;
         if let Some(r) = self.record.endpoints.get(&ep.name) {
-            if r.spec == want && self.nl.link(&r.plumbed.host_veth).await?.map(|l| l.index) == Some(r.plumbed.host_ifindex)
+            if r.spec == want
+                && self.nl.link(&r.plumbed.host_veth).await?.map(|l| l.index) == Some(r.plumbed.host_ifindex)
             {
                 return Ok((r.plumbed.clone(), false));
             }

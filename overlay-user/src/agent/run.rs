@@ -106,11 +106,24 @@ impl Follow {
         match why {
             Why::First => {
                 let local = state.local_endpoints(agent.node()).count();
-                info!(endpoints = state.endpoints.len(), local, plumbed = r.plumbed, failed, map_writes = r.map_writes,
-                      ms, "state applied");
+                info!(
+                    endpoints = state.endpoints.len(),
+                    local,
+                    plumbed = r.plumbed,
+                    failed,
+                    map_writes = r.map_writes,
+                    ms,
+                    "state applied"
+                );
             }
-            Why::Change => info!(plumbed = r.plumbed, unplumbed = r.unplumbed, failed, map_writes = r.map_writes, ms,
-                                 "state change applied"),
+            Why::Change => info!(
+                plumbed = r.plumbed,
+                unplumbed = r.unplumbed,
+                failed,
+                map_writes = r.map_writes,
+                ms,
+                "state change applied"
+            ),
             Why::Repair if r.plumbed + r.unplumbed + r.map_writes > 0 => {
                 info!(plumbed = r.plumbed, unplumbed = r.unplumbed, map_writes = r.map_writes, ms, "repaired")
             }

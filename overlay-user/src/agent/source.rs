@@ -33,12 +33,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: &Path) -> Result<Self> {
-        Ok(Self {
-            path: path.to_path_buf(),
-            parser: Default::default(),
-            watch: FileWatch::new(path)?,
-            last_text: None,
-        })
+        Ok(Self { path: path.to_path_buf(), parser: Default::default(), watch: FileWatch::new(path)?, last_text: None })
     }
 
     fn version(&mut self, text: String) -> Version {

@@ -65,7 +65,8 @@ impl Datapath {
                 if replaced {
                     return Ok(());
                 }
-                let id = prog.attach(ifname, XdpMode::default()).with_context(|| format!("attaching XDP to {ifname}"))?;
+                let id =
+                    prog.attach(ifname, XdpMode::default()).with_context(|| format!("attaching XDP to {ifname}"))?;
                 if let Some(pin) = &xdp_pin {
                     let link: FdLink = prog.take_link(id)?.try_into()?;
                     link.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;

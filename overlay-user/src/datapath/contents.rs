@@ -113,10 +113,7 @@ netns = "/run/netns/d1"
     }
 
     fn plumbed(names: &[(&str, u32)]) -> BTreeMap<String, Plumbed> {
-        names
-            .iter()
-            .map(|(n, i)| (n.to_string(), Plumbed { host_veth: format!("ov{i}"), host_ifindex: *i }))
-            .collect()
+        names.iter().map(|(n, i)| (n.to_string(), Plumbed { host_veth: format!("ov{i}"), host_ifindex: *i })).collect()
     }
 
     fn key(vni: u32, ip: [u8; 4]) -> EndpointKey {

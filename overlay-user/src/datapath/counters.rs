@@ -56,7 +56,8 @@ impl Counters {
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
         let open = |name: &str| -> Result<Map> {
             let p = pin_dir.join("maps").join(name);
-            let data = MapData::from_pin(&p).with_context(|| format!("opening {} (is the agent set up on this node?)", p.display()))?;
+            let data = MapData::from_pin(&p)
+                .with_context(|| format!("opening {} (is the agent set up on this node?)", p.display()))?;
             Ok(Map::PerCpuArray(data))
         };
         Ok(Self::new(sum_per_cpu(&open(MAP_DROPS)?)?, sum_per_cpu(&open(MAP_FWD)?)?))

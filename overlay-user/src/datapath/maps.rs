@@ -49,7 +49,8 @@ impl Datapath {
         // Nodes before endpoints: an endpoint of a new node is never seen before its node is.
         writes += diff_hash(self.map_mut(MAP_NODES)?, &current.nodes, &desired.nodes, MAP_NODES)?;
         writes += diff_hash(self.map_mut(MAP_NETWORKS)?, &current.networks, &desired.networks, MAP_NETWORKS)?;
-        writes += diff_hash(self.map_mut(MAP_LOCAL_IFACES)?, &current.local_ifaces, &desired.local_ifaces, MAP_LOCAL_IFACES)?;
+        writes +=
+            diff_hash(self.map_mut(MAP_LOCAL_IFACES)?, &current.local_ifaces, &desired.local_ifaces, MAP_LOCAL_IFACES)?;
         writes += diff_hash(self.map_mut(MAP_ENDPOINTS)?, &current.endpoints, &desired.endpoints, MAP_ENDPOINTS)?;
         Ok(writes)
     }

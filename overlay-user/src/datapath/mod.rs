@@ -79,4 +79,3 @@ impl Datapath {
         &mut self.ebpf
     }
 }
-

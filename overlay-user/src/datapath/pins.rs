@@ -39,9 +39,27 @@ fn layouts() -> [Layout; 7] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
-        Layout { name: MAP_ENDPOINTS, kind: MapType::Hash, key: size_of::<EndpointKey>() as u32, value: size_of::<EndpointInfo>() as u32, max: MAX_ENDPOINTS },
-        Layout { name: MAP_NETWORKS, kind: MapType::Hash, key: 4, value: size_of::<NetworkInfo>() as u32, max: MAX_NETWORKS },
-        Layout { name: MAP_LOCAL_IFACES, kind: MapType::Hash, key: 4, value: size_of::<LocalIface>() as u32, max: MAX_LOCAL_IFACES },
+        Layout {
+            name: MAP_ENDPOINTS,
+            kind: MapType::Hash,
+            key: size_of::<EndpointKey>() as u32,
+            value: size_of::<EndpointInfo>() as u32,
+            max: MAX_ENDPOINTS,
+        },
+        Layout {
+            name: MAP_NETWORKS,
+            kind: MapType::Hash,
+            key: 4,
+            value: size_of::<NetworkInfo>() as u32,
+            max: MAX_NETWORKS,
+        },
+        Layout {
+            name: MAP_LOCAL_IFACES,
+            kind: MapType::Hash,
+            key: 4,
+            value: size_of::<LocalIface>() as u32,
+            max: MAX_LOCAL_IFACES,
+        },
         Layout { name: MAP_NODES, kind: MapType::Hash, key: 4, value: size_of::<NodeInfo>() as u32, max: MAX_NODES },
         Layout { name: MAP_DROPS, kind: MapType::PerCpuArray, key: 4, value: 8, max: DropReason::COUNT },
         Layout { name: MAP_FWD, kind: MapType::PerCpuArray, key: 4, value: 8, max: FwdCounter::COUNT },
@@ -54,7 +72,8 @@ pub(super) fn check_pinned_layouts(maps_dir: &Path) -> Result<()> {
         if !path.exists() {
             continue;
         }
-        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let info =
+            aya::maps::MapInfo::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
         let kind = info.map_type().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let found = (kind, info.key_size(), info.value_size(), info.max_entries());
         if found != (l.kind, l.key, l.value, l.max) {

@@ -164,7 +164,8 @@ fn endpoints(
         }
         let network = networks.get(&e.network);
         if network.is_none() {
-            let known = if raw.networks.iter().any(|n| n.name == e.network) { " (that network is invalid)" } else { "" };
+            let known =
+                if raw.networks.iter().any(|n| n.name == e.network) { " (that network is invalid)" } else { "" };
             p.add(entry(), "network", format!("unknown network \"{}\"{known}", e.network));
         }
         if !nodes.contains_key(&e.node) {
@@ -176,7 +177,11 @@ fn endpoints(
             if let Err(why) = endpoint_ip(ip, net, &node_of_addr) {
                 p.add(entry(), "ip", why);
             } else if let Some(other) = ips.insert((e.network.as_str(), ip), e.name.as_str()) {
-                p.add(entry(), "ip", format!("{ip} is already used by endpoint \"{other}\" on network \"{}\"", net.name));
+                p.add(
+                    entry(),
+                    "ip",
+                    format!("{ip} is already used by endpoint \"{other}\" on network \"{}\"", net.name),
+                );
             }
         }
         let mac = match (&e.mac, ip) {
@@ -187,7 +192,11 @@ fn endpoints(
         if let (Some(mac), Some(net)) = (mac, network) {
             if let Some(other) = macs.insert((e.network.as_str(), mac), e.name.as_str()) {
                 let m = format_mac(&mac);
-                p.add(entry(), "mac", format!("{m} is already used by endpoint \"{other}\" on network \"{}\"", net.name));
+                p.add(
+                    entry(),
+                    "mac",
+                    format!("{m} is already used by endpoint \"{other}\" on network \"{}\"", net.name),
+                );
             }
         }
         let netns = match e.netns.as_deref() {
@@ -248,7 +257,11 @@ fn endpoint_ip(ip: Ipv4Addr, net: &Network, node_of_addr: &FxHashMap<Ipv4Addr, &
 /// says so before `run` would.
 fn capacity(s: &ClusterState, p: &mut Problems) {
     if s.endpoints.len() > MAX_ENDPOINTS as usize {
-        p.add("endpoints", "name", format!("{} endpoints; the datapath holds at most {MAX_ENDPOINTS}", s.endpoints.len()));
+        p.add(
+            "endpoints",
+            "name",
+            format!("{} endpoints; the datapath holds at most {MAX_ENDPOINTS}", s.endpoints.len()),
+        );
     }
     if s.networks.len() > MAX_NETWORKS as usize {
         p.add("networks", "name", format!("{} networks; the datapath holds at most {MAX_NETWORKS}", s.networks.len()));

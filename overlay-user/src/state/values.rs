@@ -90,9 +90,7 @@ pub fn valid_node_name(s: &str) -> Result<(), String> {
         return Err(format!("`{s}` is longer than 64 characters"));
     }
     if s.starts_with('.') || !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
-        return Err(format!(
-            "`{s}` is not a safe node name (letters, digits, `.`, `-`, `_`; not starting with `.`)"
-        ));
+        return Err(format!("`{s}` is not a safe node name (letters, digits, `.`, `-`, `_`; not starting with `.`)"));
     }
     Ok(())
 }

@@ -24,7 +24,8 @@ fn ep_ip(i: u32) -> [u8; 4] {
 }
 
 fn state(nodes: u32, endpoints: u32, extra: u32) -> String {
-    let mut s = String::from("[cluster]\nvxlan_port = 4789\n\n[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n");
+    let mut s =
+        String::from("[cluster]\nvxlan_port = 4789\n\n[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n");
     for n in 1..nodes {
         let _ = writeln!(s, "[[nodes]]\nname = \"n{n}\"\naddress = \"10.200.{}.{}\"\n", n / 250, n % 250 + 1);
     }
@@ -35,7 +36,10 @@ fn state(nodes: u32, endpoints: u32, extra: u32) -> String {
             s,
             "[[endpoints]]\nname = \"e{i}\"\nnetwork = \"big\"\nnode = \"n{}\"\nip = \"{}.{}.{}.{}\"\n",
             1 + i % (nodes - 1),
-            ip[0], ip[1], ip[2], ip[3]
+            ip[0],
+            ip[1],
+            ip[2],
+            ip[3]
         );
     }
     s
@@ -51,7 +55,9 @@ fn write_atomic(path: &std::path::Path, text: &str) -> Result<()> {
 fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -61,7 +67,11 @@ fn memlock_bytes(maps_dir: &std::path::Path) -> Result<f64> {
         let m = MapData::from_pin(maps_dir.join(name))?;
         let fd = m.fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-        let v: f64 = info.lines().find(|l| l.starts_with("memlock:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
+        let v: f64 = info
+            .lines()
+            .find(|l| l.starts_with("memlock:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
         total += v;
     }
     Ok(total)
@@ -109,7 +119,8 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
     let agent = Proc(child);
     let want = overlay::agent::state_hash(&text);
     let applied = |rd: &RunDir| -> Option<String> {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rd.path.join("nodes/n0/applied.json")).ok()?).ok()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rd.path.join("nodes/n0/applied.json")).ok()?).ok()?;
         v["state_hash"].as_str().map(str::to_string)
     };
     if !wait_for(Duration::from_secs(60), || applied(&run_dir).as_deref() == Some(want.as_str())) {
@@ -142,7 +153,13 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
         std::thread::sleep(Duration::from_millis(300));
     }
     change_ms.sort_by(|a, b| a.total_cmp(b));
-    let m = Measured { apply_ms, startup_ms, change_ms, rss_mib: rss_kib(pid) / 1024.0, map_mib: memlock_bytes(&maps_dir)? / (1024.0 * 1024.0) };
+    let m = Measured {
+        apply_ms,
+        startup_ms,
+        change_ms,
+        rss_mib: rss_kib(pid) / 1024.0,
+        map_mib: memlock_bytes(&maps_dir)? / (1024.0 * 1024.0),
+    };
     drop(agent);
     Ok(m)
 }
@@ -152,18 +169,59 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     let big = measure(1000, 10_000, samples)?;
     let small = measure(10, 100, samples)?;
     let median = |v: &Vec<f64>| v[v.len() / 2];
-    report.add(SECTION, "apply 1,000 nodes + 10,000 endpoints (reconcile)", big.apply_ms, "ms", None, "from the agent's log");
-    report.add(SECTION, "agent start to state applied, 10,000 endpoints", big.startup_ms, "ms", None, "load, verify, attach, apply; wall clock");
-    report.add(SECTION, "state-file change to datapath, 10,000-endpoint file (median)", median(&big.change_ms), "ms", None,
-               &format!("{samples} changes; max {:.1} ms; file read, parse of changed tables, validation of all", big.change_ms[big.change_ms.len() - 1]));
-    report.add(SECTION, "state-file change to datapath, 100-endpoint file (median)", median(&small.change_ms), "ms", None,
-               &format!("{samples} changes; max {:.1} ms", small.change_ms[small.change_ms.len() - 1]));
+    report.add(
+        SECTION,
+        "apply 1,000 nodes + 10,000 endpoints (reconcile)",
+        big.apply_ms,
+        "ms",
+        None,
+        "from the agent's log",
+    );
+    report.add(
+        SECTION,
+        "agent start to state applied, 10,000 endpoints",
+        big.startup_ms,
+        "ms",
+        None,
+        "load, verify, attach, apply; wall clock",
+    );
+    report.add(
+        SECTION,
+        "state-file change to datapath, 10,000-endpoint file (median)",
+        median(&big.change_ms),
+        "ms",
+        None,
+        &format!(
+            "{samples} changes; max {:.1} ms; file read, parse of changed tables, validation of all",
+            big.change_ms[big.change_ms.len() - 1]
+        ),
+    );
+    report.add(
+        SECTION,
+        "state-file change to datapath, 100-endpoint file (median)",
+        median(&small.change_ms),
+        "ms",
+        None,
+        &format!("{samples} changes; max {:.1} ms", small.change_ms[small.change_ms.len() - 1]),
+    );
     report.add(SECTION, "agent resident memory, 10,000 endpoints", big.rss_mib, "MiB", None, "VmRSS after applying");
     report.add(SECTION, "agent resident memory, 100 endpoints", small.rss_mib, "MiB", None, "VmRSS after applying");
-    report.add(SECTION, "BPF map memory", big.map_mib, "MiB", None, "memlock of all maps, sized for 131,072 endpoints (fixed)");
+    report.add(
+        SECTION,
+        "BPF map memory",
+        big.map_mib,
+        "MiB",
+        None,
+        "memlock of all maps, sized for 131,072 endpoints (fixed)",
+    );
     report.target("applying 10,000 endpoints", "< 1000 ms", format!("{:.0} ms", big.apply_ms), big.apply_ms < 1000.0);
     let m = median(&big.change_ms);
-    report.target("state change reaching the datapath (10,000-endpoint file)", "< 10 ms", format!("{m:.1} ms"), m < 10.0);
+    report.target(
+        "state change reaching the datapath (10,000-endpoint file)",
+        "< 10 ms",
+        format!("{m:.1} ms"),
+        m < 10.0,
+    );
     let m = median(&small.change_ms);
     report.target("state change reaching the datapath (100-endpoint file)", "< 10 ms", format!("{m:.1} ms"), m < 10.0);
     Ok(())

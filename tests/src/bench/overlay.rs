@@ -14,7 +14,8 @@ use super::report::Report;
 use crate::{in_netns, spawn_in, tcpx_bin, Cluster, ClusterSpec, Netns, Proc};
 
 pub const SECTION: &str = "Two-node overlay";
-pub const DATAPATHS: [&str; 4] = ["routed veth (no encap)", "kernel vxlan + bridge", "ours, TC decap", "ours, XDP decap"];
+pub const DATAPATHS: [&str; 4] =
+    ["routed veth (no encap)", "kernel vxlan + bridge", "ours, TC decap", "ours, XDP decap"];
 /// Charted metrics (higher is better; p99 latency stays in the table).
 pub const METRICS: [(&str, &str); 4] = [
     ("TCP 1 stream", "TCP 1 stream"),
@@ -74,7 +75,12 @@ fn routed_rig() -> Result<Rig> {
             "ip addr add {cip}/24 dev eth0 && ip link set eth0 up && ip route replace 10.0.9.0/24 via 169.254.1.1 dev eth0 onlink"
         ))?;
     }
-    Ok(Rig { client: ca.name.clone(), server: cb.name.clone(), server_ip: "10.0.9.4".into(), _keep: Box::new((cb, ca, b, a, ul)) })
+    Ok(Rig {
+        client: ca.name.clone(),
+        server: cb.name.clone(),
+        server_ip: "10.0.9.4".into(),
+        _keep: Box::new((cb, ca, b, a, ul)),
+    })
 }
 
 fn exec(ns: &str, cmd: &str) -> Result<String> {
@@ -118,7 +124,14 @@ fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
     let rr = exec(&rig.client, &format!("{} rr {} 5001 {secs}", tcpx_bin().display(), rig.server_ip))?;
     let f: Vec<&str> = rr.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok(Measured { tcp1_gbps: tcp1, tcp4_gbps: tcp4, udp_pps, rr_per_s: num(1) / secs as f64, rr_p50_us: num(3), rr_p99_us: num(5) })
+    Ok(Measured {
+        tcp1_gbps: tcp1,
+        tcp4_gbps: tcp4,
+        udp_pps,
+        rr_per_s: num(1) / secs as f64,
+        rr_p50_us: num(3),
+        rr_p99_us: num(5),
+    })
 }
 
 fn build(dp: &str) -> Result<Rig> {
@@ -129,7 +142,9 @@ fn build(dp: &str) -> Result<Rig> {
     };
     Ok(match dp {
         "routed veth (no encap)" => routed_rig()?,
-        "kernel vxlan + bridge" => cluster_rig(Cluster::up(spec().kernel_node("node-a", "192.168.50.11").kernel_node("node-b", "192.168.50.12"))?),
+        "kernel vxlan + bridge" => cluster_rig(Cluster::up(
+            spec().kernel_node("node-a", "192.168.50.11").kernel_node("node-b", "192.168.50.12"),
+        )?),
         "ours, TC decap" => cluster_rig(ours("tc")?),
         _ => {
             let c = ours("xdp")?;
@@ -173,12 +188,37 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         let dp = *dp;
         let r = |m: &str| if dp == refname { None } else { Some(format!("{refname}: {m}")) };
         let rounds_note = format!("median of {rounds} x {secs} s");
-        let note = if dp.contains("XDP") { format!("{rounds_note}; senders with checksum offload off (veth underlay)") } else { rounds_note.clone() };
+        let note = if dp.contains("XDP") {
+            format!("{rounds_note}; senders with checksum offload off (veth underlay)")
+        } else {
+            rounds_note.clone()
+        };
         report.add(SECTION, &format!("{dp}: TCP 1 stream"), m.tcp1_gbps, "Gbit/s", r("TCP 1 stream").as_deref(), &note);
-        report.add(SECTION, &format!("{dp}: TCP 4 streams"), m.tcp4_gbps, "Gbit/s", r("TCP 4 streams").as_deref(), &note);
+        report.add(
+            SECTION,
+            &format!("{dp}: TCP 4 streams"),
+            m.tcp4_gbps,
+            "Gbit/s",
+            r("TCP 4 streams").as_deref(),
+            &note,
+        );
         report.add(SECTION, &format!("{dp}: UDP 64 B"), m.udp_pps, "pkt/s received", r("UDP 64 B").as_deref(), &note);
-        report.add(SECTION, &format!("{dp}: TCP RR"), m.rr_per_s, "transactions/s", r("TCP RR").as_deref(), &format!("p50 {:.0} us; {rounds_note}", m.rr_p50_us));
-        report.add(SECTION, &format!("{dp}: TCP RR p99 latency"), m.rr_p99_us, "us", r("TCP RR p99 latency").as_deref(), "lower is better");
+        report.add(
+            SECTION,
+            &format!("{dp}: TCP RR"),
+            m.rr_per_s,
+            "transactions/s",
+            r("TCP RR").as_deref(),
+            &format!("p50 {:.0} us; {rounds_note}", m.rr_p50_us),
+        );
+        report.add(
+            SECTION,
+            &format!("{dp}: TCP RR p99 latency"),
+            m.rr_p99_us,
+            "us",
+            r("TCP RR p99 latency").as_deref(),
+            "lower is better",
+        );
     }
     let kernel = DATAPATHS[1];
     let ours = DATAPATHS[2];
@@ -186,8 +226,18 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     let t = g(report, ours, "TCP 1 stream") / g(report, kernel, "TCP 1 stream").max(1e-9);
     report.target("ours (default, TC) vs kernel vxlan+bridge: TCP throughput", ">= 1.3x", format!("{t:.2}x"), t >= 1.3);
     let u = g(report, ours, "UDP 64 B") / g(report, kernel, "UDP 64 B").max(1e-9);
-    report.target("ours (default, TC) vs kernel vxlan+bridge: small-packet rate", ">= 1.5x", format!("{u:.2}x"), u >= 1.5);
+    report.target(
+        "ours (default, TC) vs kernel vxlan+bridge: small-packet rate",
+        ">= 1.5x",
+        format!("{u:.2}x"),
+        u >= 1.5,
+    );
     let l = g(report, ours, "TCP 1 stream") / g(report, refname, "TCP 1 stream").max(1e-9);
-    report.target("ours (default, TC) vs no-encapsulation limit: TCP throughput", ">= 0.9x", format!("{l:.2}x"), l >= 0.9);
+    report.target(
+        "ours (default, TC) vs no-encapsulation limit: TCP throughput",
+        ">= 0.9x",
+        format!("{l:.2}x"),
+        l >= 0.9,
+    );
     Ok(())
 }

@@ -32,7 +32,13 @@ fn once(bed: &mut Bed, prog: &Prog, data: &[u8], repeat: u32) -> Result<(u32, Du
             let mut ctx = [0u8; 192];
             ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
             let p: &SchedClassifier = bed.dp.ebpf().program(name).context("program")?.try_into()?;
-            p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ctx_in: Some(&ctx), repeat, ..Default::default() })?
+            p.test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..Default::default()
+            })?
         }
     };
     Ok((r.return_value, r.duration))

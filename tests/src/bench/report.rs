@@ -66,7 +66,10 @@ impl Report {
             }
         }
         for sec in sections {
-            let _ = writeln!(s, "\n## {sec}\n\n| row | value | unit | ratio to reference | note |\n| --- | ---: | --- | --- | --- |");
+            let _ = writeln!(
+                s,
+                "\n## {sec}\n\n| row | value | unit | ratio to reference | note |\n| --- | ---: | --- | --- | --- |"
+            );
             for r in self.rows.iter().filter(|r| r.section == sec) {
                 let ratio = match (&r.reference, r.ratio) {
                     (Some(n), Some(x)) => format!("{x:.2}x {n}"),
@@ -78,7 +81,14 @@ impl Report {
         if !self.targets.is_empty() {
             let _ = writeln!(s, "\n## Targets\n\n| target | goal | measured | met |\n| --- | --- | --- | --- |");
             for t in &self.targets {
-                let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.goal, t.measured, if t.met { "yes" } else { "**no**" });
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    t.what,
+                    t.goal,
+                    t.measured,
+                    if t.met { "yes" } else { "**no**" }
+                );
             }
         }
         s
@@ -119,12 +129,24 @@ impl Report {
             let _ = write!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>",
                 top + plot_h - bh, bar_w - 2.0, colors[*di % colors.len()], x + bar_w / 2.0, top + plot_h - bh - 3.0);
             if *di == 0 {
-                let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>", left + *mi as f64 * group_w + group_w / 2.0, top + plot_h + 18.0);
+                let _ = write!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>",
+                    left + *mi as f64 * group_w + group_w / 2.0,
+                    top + plot_h + 18.0
+                );
             }
         }
         for (di, dp) in datapaths.iter().enumerate() {
             let x = left + di as f64 * 170.0;
-            let _ = write!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{dp}</text>", h - 28.0, colors[di % colors.len()], x + 16.0, h - 18.0);
+            let _ = write!(
+                s,
+                "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{dp}</text>",
+                h - 28.0,
+                colors[di % colors.len()],
+                x + 16.0,
+                h - 18.0
+            );
         }
         s.push_str("</svg>\n");
         s
@@ -132,5 +154,11 @@ impl Report {
 }
 
 pub fn fmt_value(v: f64) -> String {
-    if v >= 1000.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }

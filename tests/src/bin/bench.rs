@@ -25,8 +25,14 @@ fn main() -> Result<()> {
     }
     prereq::require(&[prereq::IP, prereq::PING, prereq::ETHTOOL, prereq::IPERF3], "cargo xtask bench")?;
     let mut r = Report::default();
-    r.meta.insert("mode".into(), if quick { "quick (smoke run: short durations, numbers are rough)".into() } else { "full".into() });
-    r.meta.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into());
+    r.meta.insert(
+        "mode".into(),
+        if quick { "quick (smoke run: short durations, numbers are rough)".into() } else { "full".into() },
+    );
+    r.meta.insert(
+        "kernel".into(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+    );
     r.meta.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string());
     r.meta.insert("command".into(), format!("cargo xtask bench{}", if quick { " --quick" } else { "" }));
     let sections: [(&str, fn(&mut Report, bool) -> Result<()>); 3] =

@@ -21,7 +21,9 @@ fn ping(c: &Cluster, from: &str, to: &str) -> Ping {
     match out {
         Ok(o) if o.status.code() == Some(0) => Ping::Reached,
         Ok(o) if o.status.code() == Some(1) => Ping::NoReply,
-        Ok(o) => Ping::CouldNotTest(format!("`{cmd}` in {from}: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) => {
+            Ping::CouldNotTest(format!("`{cmd}` in {from}: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+        }
         Err(e) => Ping::CouldNotTest(format!("`{cmd}` in {from}: {e}")),
     }
 }
@@ -97,7 +99,10 @@ fn main() -> Result<()> {
     if !tcp {
         failed += 1;
     }
-    println!("\nTCP 10 MB web.1 (node-a) -> web.3 (node-c), echoed back and checked: {}", if tcp { "ok" } else { "FAIL" });
+    println!(
+        "\nTCP 10 MB web.1 (node-a) -> web.3 (node-c), echoed back and checked: {}",
+        if tcp { "ok" } else { "FAIL" }
+    );
     println!("\nDatapath counters (overlay stats):");
     for n in ["node-a", "node-b", "node-c"] {
         let v = c.stats(n)?;
@@ -114,7 +119,11 @@ fn main() -> Result<()> {
                 .unwrap_or_default()
         };
         let dropped = show("dropped");
-        println!("  {n}: forwarded: {}\n          dropped:   {}", show("forwarded"), if dropped.is_empty() { "none" } else { &dropped });
+        println!(
+            "  {n}: forwarded: {}\n          dropped:   {}",
+            show("forwarded"),
+            if dropped.is_empty() { "none" } else { &dropped }
+        );
     }
     if keep {
         println!("\nThe cluster stays up until you press Ctrl-C. Look around with:");
@@ -133,7 +142,11 @@ fn main() -> Result<()> {
     drop(c);
     println!("\nTorn down.");
     if !untested.is_empty() {
-        bail!("{} check(s) could not be made (a tool failed, not the overlay):\n  {}", untested.len(), untested.join("\n  "));
+        bail!(
+            "{} check(s) could not be made (a tool failed, not the overlay):\n  {}",
+            untested.len(),
+            untested.join("\n  ")
+        );
     }
     if failed > 0 {
         bail!("{failed} connectivity check(s) did not match the expectation");

@@ -19,7 +19,12 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let code = match a.get(1).map(String::as_str) {
         Some("serve") => serve(a[2].parse().expect("port")),
-        Some("send") => send(&a[2], a[3].parse().expect("port"), a[4].parse().expect("bytes"), a.get(5).map(|s| s.parse().expect("seconds"))),
+        Some("send") => send(
+            &a[2],
+            a[3].parse().expect("port"),
+            a[4].parse().expect("bytes"),
+            a.get(5).map(|s| s.parse().expect("seconds")),
+        ),
         Some("rr") => rr(&a[2], a[3].parse().expect("port"), a[4].parse().expect("seconds")),
         _ => {
             eprintln!("usage: tcpx serve PORT | send IP PORT BYTES [SECONDS] | rr IP PORT SECONDS");
