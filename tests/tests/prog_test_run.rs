@@ -395,6 +395,9 @@ fn host_traffic_passes_untouched_tc() {
     host_traffic_passes(Mode::Tc);
 }
 
+/// A change to a good frame that makes it bad.
+type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+
 fn malformed(mode: Mode) {
     let mut bed = bed();
     let v = mode.v();
@@ -429,7 +432,7 @@ fn malformed(mode: Mode) {
             v.drop,
         );
     }
-    let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, DropReason, Edit)> = vec![
         ("ihl<5", DropReason::BadIpHeaderLen, Box::new(|f| f[14] = 0x44)),
         (
             "total length beyond the frame",

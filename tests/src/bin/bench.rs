@@ -8,6 +8,9 @@ use overlay_tests::{
     prereq,
 };
 
+/// A section of the report: fills its rows, `quick` for a smoke run.
+type Section = fn(&mut Report, bool) -> Result<()>;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -35,7 +38,7 @@ fn main() -> Result<()> {
     );
     r.meta.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string());
     r.meta.insert("command".into(), format!("cargo xtask bench{}", if quick { " --quick" } else { "" }));
-    let sections: [(&str, fn(&mut Report, bool) -> Result<()>); 3] =
+    let sections: [(&str, Section); 3] =
         [("per-packet", progrun::run), ("overlay", overlay::run), ("control-plane", control::run)];
     let mut failed = Vec::new();
     for (name, f) in sections {
