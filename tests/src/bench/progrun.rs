@@ -77,10 +77,15 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     let tc_ul = Prog::Tc(PROG_UNDERLAY_TC, ul);
     let ct = Prog::Tc(PROG_FROM_CONTAINER, A_IFINDEX);
 
-    let (vx, _) = {
-        let inner = inner_tcp(B, A, 80, 40000, 64);
-        (vxlan_frame(NODE_MAC, PEER_MAC, PEER_IP, NODE_IP, 51000, 4789, VNI, &inner), inner)
+    // B (on the peer node) to A, as the peer's VTEP sends it; `from` varies the outer source.
+    let frame = |from: [u8; 4], inner_src: [u8; 4]| {
+        let inner = inner_tcp_macs(MAC_A, MAC_B, inner_src, A, 80, 40000, 64);
+        vxlan_frame(NODE_MAC, PEER_MAC, from, NODE_IP, 51000, 4789, VNI, &inner)
     };
+    let vx = frame(PEER_IP, B);
+    let rogue = frame(ROGUE_IP, B);
+    let wrong_node = frame(THIRD_IP, B);
+    let foreign_src = frame(PEER_IP, [8, 8, 8, 8]);
     let mut dns = eth(NODE_MAC, PEER_MAC, 0x0800);
     dns.extend(ipv4(PEER_IP, NODE_IP, 17, 8 + 20, 0, 0));
     dns.extend(udp(5353, 53, 20));
@@ -131,7 +136,11 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         ("xdp drop vxlan-no-i-flag", &xdp, &no_i, XDP_DROP, true),
         ("xdp drop outer-fragment", &xdp, &frag, XDP_DROP, true),
         ("xdp drop inner-vlan", &xdp, &vlan, XDP_DROP, true),
-        ("xdp drop truncated", &xdp, &short, XDP_DROP, true),
+        ("xdp drop bad-length (too short to carry VXLAN)", &xdp, &short, XDP_DROP, true),
+        ("xdp drop unknown-vtep", &xdp, &rogue, XDP_DROP, true),
+        ("tc drop unknown-vtep", &tc_ul, &rogue, TC_ACT_SHOT, true),
+        ("xdp drop vtep-mismatch", &xdp, &wrong_node, XDP_DROP, true),
+        ("xdp drop unknown-inner-source", &xdp, &foreign_src, XDP_DROP, true),
         ("container drop unknown-destination", &ct, &cross, TC_ACT_SHOT, true),
         ("container drop spoofed-source", &ct, &spoofed, TC_ACT_SHOT, true),
         ("container drop not-ipv4", &ct, &ipv6, TC_ACT_SHOT, true),
