@@ -12,13 +12,17 @@ pub const MAP_LOCAL_IFACES: &str = "OV_LOCAL_IFACES";
 /// Underlay address (network order) of every cluster node -> `NodeInfo`: decapsulation
 /// accepts VXLAN only from these.
 pub const MAP_NODES: &str = "OV_NODES";
+/// VTEP address (network order) -> `NextHop`: the outer Ethernet header towards that node, from
+/// the kernel's route and neighbour tables, kept fresh by the agent. Encapsulation uses it
+/// instead of a FIB lookup; a missing or stale entry falls back to the FIB.
+pub const MAP_NEXTHOPS: &str = "OV_NEXTHOPS";
 /// Per-CPU drop counters indexed by `DropReason`.
 pub const MAP_DROPS: &str = "OV_DROPS";
 /// Per-CPU forward counters indexed by `FwdCounter`.
 pub const MAP_FWD: &str = "OV_FWD";
 
-pub const ALL_MAPS: [&str; 7] =
-    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_NODES, MAP_DROPS, MAP_FWD];
+pub const ALL_MAPS: [&str; 8] =
+    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_NODES, MAP_NEXTHOPS, MAP_DROPS, MAP_FWD];
 
 pub const MAX_ENDPOINTS: u32 = 131_072;
 pub const MAX_NETWORKS: u32 = 4_096;
@@ -103,6 +107,19 @@ pub struct LocalIface {
     pub _pad: [u8; 2],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NextHop {
+    /// The interface the entry was resolved on; an entry for another interface than the
+    /// configured underlay is stale and ignored.
+    pub ifindex: u32,
+    /// The next hop's MAC (the VTEP's, or its gateway's).
+    pub dmac: [u8; 6],
+    /// The underlay interface's own MAC.
+    pub smac: [u8; 6],
+}
+
 // The layout is an ABI between two compilers: a change must be deliberate on both sides.
 const _: () = {
     use core::mem::{offset_of, size_of};
@@ -115,6 +132,7 @@ const _: () = {
     assert!(size_of::<NetworkInfo>() == 8);
     assert!(size_of::<LocalIface>() == 16 && offset_of!(LocalIface, mac) == 8);
     assert!(size_of::<NodeInfo>() == 4);
+    assert!(size_of::<NextHop>() == 16 && offset_of!(NextHop, dmac) == 4 && offset_of!(NextHop, smac) == 10);
 };
 
 #[cfg(feature = "user")]
@@ -127,4 +145,5 @@ mod pod {
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for LocalIface {}
     unsafe impl aya::Pod for NodeInfo {}
+    unsafe impl aya::Pod for NextHop {}
 }

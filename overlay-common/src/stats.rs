@@ -101,11 +101,13 @@ counters! {
     pub enum FwdCounter {
         /// Container to a container on the same node, redirected veth to veth.
         LocalDelivery = 0, "local-delivery";
-        /// Container to a remote node, VXLAN-encapsulated.
+        /// Container to a remote node, VXLAN-encapsulated, next hop from the FIB helper.
         Encap = 1, "encap";
         /// Encapsulated, next hop resolved by the kernel (neighbour not cached yet, or IP
         /// forwarding off on the underlay so the FIB helper declines).
         EncapNeighResolve = 2, "encap-kernel-route";
+        /// Encapsulated, next hop from the agent's cache (no FIB lookup).
+        EncapCached = 7, "encap-cached";
         /// VXLAN from the underlay, decapsulated to a local container.
         Decap = 3, "decap";
         /// ARP request answered from the maps.

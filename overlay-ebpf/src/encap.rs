@@ -1,5 +1,6 @@
 //! Encapsulation towards a remote endpoint's node: check the packet will fit the underlay, find
-//! the next hop, then push and write the outer headers (Ethernet, IPv4, UDP, VXLAN).
+//! the next hop (the agent's cache, else the kernel FIB), then push and write the outer headers
+//! (Ethernet, IPv4, UDP, VXLAN).
 
 use core::{ffi::c_void, mem, ptr};
 
@@ -9,7 +10,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
     },
-    helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use overlay_common::{
@@ -18,7 +19,12 @@ use overlay_common::{
     vxlan::{flow_hash, src_port, ENCAP_OVERHEAD},
 };
 
-use crate::{hdr, icmp, maps::config, parse::*, stats};
+use crate::{
+    hdr, icmp,
+    maps::{config, OV_NEXTHOPS},
+    parse::*,
+    stats,
+};
 
 const AF_INET: u8 = 2;
 
@@ -36,10 +42,12 @@ pub struct Flow {
 }
 
 /// Where the outer packet goes.
-struct NextHop {
+struct Hop {
     ifindex: u32,
-    /// Both MACs from the FIB; `None`: the kernel resolves the neighbour (`bpf_redirect_neigh`).
+    /// Both MACs (from the cache or the FIB); `None`: the kernel resolves the neighbour
+    /// (`bpf_redirect_neigh`).
     macs: Option<([u8; 6], [u8; 6])>,
+    counter: FwdCounter,
 }
 
 #[inline(always)]
@@ -51,33 +59,27 @@ pub fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Resul
     if !fits_underlay(ctx, &cfg, flow) {
         return Ok(too_big(ctx, &cfg, flow));
     }
-    let hop = next_hop(ctx, &cfg, ep.vtep)?;
+    let hop = match cached_next_hop(&cfg, ep.vtep) {
+        Some(hop) => hop,
+        None => next_hop(ctx, &cfg, ep.vtep)?,
+    };
     write_headers(ctx, &cfg, vni, ep.vtep, flow, &hop)?;
+    stats::fwd(hop.counter);
     match hop.macs {
-        Some(_) => {
-            stats::fwd(FwdCounter::Encap);
-            Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
-        }
-        None => {
-            stats::fwd(FwdCounter::EncapNeighResolve);
-            // The kernel routes the outer packet and fills the outer Ethernet header.
-            Ok(unsafe { bpf_redirect_neigh(hop.ifindex, ptr::null_mut(), 0, 0) } as i32)
-        }
+        Some(_) => Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32),
+        // The kernel routes the outer packet and fills the outer Ethernet header.
+        None => Ok(unsafe { bpf_redirect_neigh(hop.ifindex, ptr::null_mut(), 0, 0) } as i32),
     }
 }
 
 /// VTEPs do not fragment: the packet, or each segment of a GSO packet, must fit the underlay
-/// once encapsulated. `bpf_check_mtu` passes every GSO packet, so segments are sized here.
+/// MTU (from the agent's config, no device lookup) once encapsulated.
 #[inline(always)]
 fn fits_underlay(ctx: &TcContext, cfg: &Config, flow: &Flow) -> bool {
     // SAFETY: reading a field of the context the kernel gave us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size != 0 {
-        return flow.l3_l4_hdr + gso_size + ENCAP_OVERHEAD <= cfg.underlay_mtu;
-    }
-    let skb = ctx.skb.skb as *mut c_void;
-    let mut mtu_len: u32 = 0;
-    unsafe { bpf_check_mtu(skb, cfg.underlay_ifindex, &mut mtu_len, ENCAP_OVERHEAD as i32, 0) == 0 }
+    let l3_len = if gso_size != 0 { flow.l3_l4_hdr + gso_size } else { ctx.len().saturating_sub(ETH_LEN as u32) };
+    l3_len + ENCAP_OVERHEAD <= cfg.underlay_mtu
 }
 
 /// The packet is dropped either way; a DF sender is told the MTU that fits, so its path MTU
@@ -96,12 +98,24 @@ fn too_big(ctx: &TcContext, cfg: &Config, flow: &Flow) -> i32 {
     TC_ACT_SHOT as i32
 }
 
+/// The next hop the agent cached from the kernel's route and neighbour tables: one hash lookup
+/// instead of a FIB lookup. An entry resolved on another interface than today's underlay is
+/// stale: the FIB decides.
+#[inline(always)]
+fn cached_next_hop(cfg: &Config, vtep: u32) -> Option<Hop> {
+    let nh = unsafe { OV_NEXTHOPS.get(&vtep) }?;
+    if nh.ifindex != cfg.underlay_ifindex {
+        return None;
+    }
+    Some(Hop { ifindex: nh.ifindex, macs: Some((nh.dmac, nh.smac)), counter: FwdCounter::EncapCached })
+}
+
 /// Next hop for the outer packet from the kernel's FIB and neighbour table. SUCCESS gives both
 /// MACs and the egress device: the fast path. Without a cached neighbour, or with forwarding off
 /// on the underlay (a plain host), the kernel resolves the route and next hop in
 /// `bpf_redirect_neigh`.
 #[inline(always)]
-fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<NextHop, DropReason> {
+fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<Hop, DropReason> {
     let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
@@ -112,9 +126,15 @@ fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<NextHop, DropRea
     let rc =
         unsafe { fib_lookup(skb, &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) } as u32;
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop { ifindex: fib.ifindex, macs: Some((fib.dmac, fib.smac)) }),
-        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop { ifindex: fib.ifindex, macs: None }),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(NextHop { ifindex: cfg.underlay_ifindex, macs: None }),
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            Ok(Hop { ifindex: fib.ifindex, macs: Some((fib.dmac, fib.smac)), counter: FwdCounter::Encap })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            Ok(Hop { ifindex: fib.ifindex, macs: None, counter: FwdCounter::EncapNeighResolve })
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            Ok(Hop { ifindex: cfg.underlay_ifindex, macs: None, counter: FwdCounter::EncapNeighResolve })
+        }
         _ => Err(DropReason::FibLookupFailed),
     }
 }
@@ -128,7 +148,7 @@ fn write_headers(
     vni: u32,
     vtep: u32,
     flow: &Flow,
-    hop: &NextHop,
+    hop: &Hop,
 ) -> Result<(), DropReason> {
     let inner_eth: [u8; ETH_LEN] =
         unsafe { *(Packet::new(ctx.data(), ctx.data_end()).at::<[u8; ETH_LEN]>(0).ok_or(DropReason::Truncated)?) };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        self as abi, Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NodeInfo, MAX_ENDPOINTS,
+        self as abi, Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NextHop, NodeInfo, MAX_ENDPOINTS,
         MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_NODES,
     },
     stats::{DropReason, FwdCounter},
@@ -34,6 +34,10 @@ pub static OV_LOCAL_IFACES: HashMap<u32, LocalIface> = HashMap::with_max_entries
 /// Underlay address of every other cluster node: decapsulation accepts VXLAN only from these.
 #[map(name = "OV_NODES")]
 pub static OV_NODES: HashMap<u32, NodeInfo> = HashMap::with_max_entries(MAX_NODES, 0);
+
+/// Remote VTEP -> outer Ethernet header towards it, kept fresh by the agent (encap skips the FIB).
+#[map(name = "OV_NEXTHOPS")]
+pub static OV_NEXTHOPS: HashMap<u32, NextHop> = HashMap::with_max_entries(MAX_NODES, 0);
 
 /// Per-CPU drop counters, indexed by DropReason.
 #[map(name = "OV_DROPS")]
@@ -64,9 +68,10 @@ const _: () = {
     assert!(same("OV_NETWORKS", abi::MAP_NETWORKS));
     assert!(same("OV_LOCAL_IFACES", abi::MAP_LOCAL_IFACES));
     assert!(same("OV_NODES", abi::MAP_NODES));
+    assert!(same("OV_NEXTHOPS", abi::MAP_NEXTHOPS));
     assert!(same("OV_DROPS", abi::MAP_DROPS));
     assert!(same("OV_FWD", abi::MAP_FWD));
-    assert!(abi::ALL_MAPS.len() == 7, "a map was added: check its name here");
+    assert!(abi::ALL_MAPS.len() == 8, "a map was added: check its name here");
 };
 
 #[inline(always)]

@@ -14,10 +14,18 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlag, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute},
 };
-use rtnetlink::Handle;
+use rtnetlink::{Handle, IpVersion};
 
-use crate::netns;
+use crate::{
+    datapath::{Neighbour, Route},
+    netns,
+};
+
+/// The main routing table's id.
+const RT_TABLE_MAIN: u32 = 254;
 
 /// A link as the agent sees it.
 #[derive(Clone, Debug)]
@@ -187,6 +195,68 @@ impl Netlink {
         Ok(self.links().await?.into_iter().find(|l| l.index == index))
     }
 
+    /// IPv4 routes of the main table.
+    pub async fn routes_v4(&self) -> Result<Vec<Route>> {
+        let msgs: Vec<_> =
+            self.handle.route().get(IpVersion::V4).execute().try_collect().await.context("listing routes")?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let mut r = Route { dst: Ipv4Addr::UNSPECIFIED, prefix: m.header.destination_prefix_length, gateway: None, oif: None };
+            let mut table = m.header.table as u32;
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if table == RT_TABLE_MAIN {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv4 neighbour entries that can be sent to now (what the kernel itself would use).
+    pub async fn neighbours_v4(&self) -> Result<Vec<Neighbour>> {
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_family(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing neighbours")?;
+        let usable = |s: &NeighbourState| {
+            matches!(
+                s,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            )
+        };
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| usable(&m.header.state)) {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let mac = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLocalAddress(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+                _ => None,
+            });
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push(Neighbour { ip, ifindex: m.header.ifindex, mac });
+            }
+        }
+        Ok(out)
+    }
+
     async fn address_messages(&self, index: Option<u32>) -> Result<Vec<AddressMessage>> {
         let mut req = self.handle.address().get();
         if let Some(i) = index {
@@ -210,6 +280,9 @@ pub struct Underlay {
     pub name: String,
     pub mtu: u32,
     pub is_veth: bool,
+    /// Its MAC: the source of every encapsulated frame.
+    #[serde(default)]
+    pub mac: [u8; 6],
 }
 
 pub async fn find_underlay(nl: &Netlink, address: Ipv4Addr) -> Result<Underlay> {
@@ -217,5 +290,36 @@ pub async fn find_underlay(nl: &Netlink, address: Ipv4Addr) -> Result<Underlay> 
         .link_with_address(address)
         .await?
         .ok_or_else(|| anyhow!("no interface in this network namespace holds the node address {address}"))?;
-    Ok(Underlay { ifindex: l.index, name: l.name, mtu: l.mtu, is_veth: l.is_veth })
+    let mac = <[u8; 6]>::try_from(l.mac.as_slice()).unwrap_or_default();
+    Ok(Underlay { ifindex: l.index, name: l.name, mtu: l.mtu, is_veth: l.is_veth, mac })
+}
+
+/// Wakes when a link, IPv4 route or neighbour changes in this namespace: the next hops the
+/// datapath caches must follow them within milliseconds, not at the next repair pass.
+pub struct Changes {
+    rx: futures::channel::mpsc::UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
+}
+
+impl Changes {
+    /// Subscribe in the calling thread's namespace. Needs a tokio runtime.
+    pub fn subscribe() -> Result<Self> {
+        use netlink_sys::AsyncSocket as _;
+        use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
+        let (mut conn, _handle, rx) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        let groups = netlink_sys::SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE);
+        conn.socket_mut().socket_mut().bind(&groups).context("subscribing to link, route and neighbour changes")?;
+        tokio::spawn(conn);
+        Ok(Self { rx })
+    }
+
+    /// Waits for a change, then takes the burst that came with it.
+    pub async fn next(&mut self) -> Result<()> {
+        use futures::StreamExt as _;
+        self.rx.next().await.ok_or_else(|| anyhow!("netlink change stream ended"))?;
+        while self.rx.try_recv().is_ok() {}
+        Ok(())
+    }
 }

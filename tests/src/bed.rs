@@ -46,6 +46,8 @@ pub fn k(ip: [u8; 4]) -> u32 {
 /// then the namespace is removed.
 pub struct Bed {
     pub dp: Datapath,
+    /// What OV_NEXTHOPS holds (empty by default: encapsulation asks the FIB).
+    pub nexthops: rustc_hash::FxHashMap<u32, NextHop>,
     pub _in: Entered,
     pub _ns: Netns,
     pub underlay_ifindex: u32,
@@ -81,7 +83,7 @@ pub fn bed() -> Bed {
         EndpointInfo { mac: MAC_B, flags: 0, ifindex: 0, vtep: k(PEER_IP) },
     );
     dp.apply(&Contents::default(), &c).unwrap();
-    Bed { dp, _in: entered, _ns: ns, underlay_ifindex }
+    Bed { dp, nexthops: Default::default(), _in: entered, _ns: ns, underlay_ifindex }
 }
 
 impl Bed {
@@ -122,6 +124,18 @@ impl Bed {
 
     pub fn from_container(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
         self.tc(PROG_FROM_CONTAINER, data, A_IFINDEX)
+    }
+
+    /// Put (or, with `None`, remove) the cached next hop towards the peer VTEP.
+    pub fn set_peer_nexthop(&mut self, nh: Option<NextHop>) {
+        let key = k(PEER_IP);
+        let mut want = rustc_hash::FxHashMap::default();
+        if let Some(nh) = nh {
+            want.insert(key, nh);
+        }
+        let current = std::mem::take(&mut self.nexthops);
+        self.dp.apply_nexthops(&current, &want).unwrap();
+        self.nexthops = want;
     }
 
     pub fn counters(&mut self) -> Counters {

@@ -44,7 +44,11 @@ fn ports_word(sport: u16, dport: u16) -> u32 {
 }
 
 fn expected_encap(inner: &[u8], sport: u16) -> Vec<u8> {
-    let mut e = eth(PEER_MAC, NODE_MAC, 0x0800);
+    expected_encap_to(PEER_MAC, inner, sport)
+}
+
+fn expected_encap_to(next_hop_mac: [u8; 6], inner: &[u8], sport: u16) -> Vec<u8> {
+    let mut e = eth(next_hop_mac, NODE_MAC, 0x0800);
     e.extend(ipv4(NODE_IP, PEER_IP, 17, 8 + 8 + inner.len(), 0x4000, 0));
     e.extend(udp(sport, 4789, 8 + inner.len()));
     e.extend(vxlan_hdr(VNI, 0x08));
@@ -605,4 +609,43 @@ fn gso_segments_must_fit_the_underlay() {
     );
     assert_eq!(&out[34..36], &[3, 4], "ICMP type 3 code 4");
     assert_eq!(u16::from_be_bytes([out[40], out[41]]), 1450);
+}
+
+// ---------------------------------------------------------------------------------------
+// The next-hop cache
+
+#[test]
+fn encap_uses_the_cached_next_hop_then_falls_back_to_the_fib() {
+    let mut bed = bed();
+    let inner = inner_tcp(A, B, 40000, 80, 64);
+    let sport = src_port(flow_hash(k(A), k(B), 6, ports_word(40000, 80)));
+    // A MAC the FIB would never give (its neighbour entry says PEER_MAC): the cache was used.
+    let cached = [2, 0, 0, 0, 0, 0x77];
+    let ul = bed.underlay_ifindex;
+    bed.set_peer_nexthop(Some(NextHop { ifindex: ul, dmac: cached, smac: NODE_MAC }));
+    let mut out = Vec::new();
+    expect_fwd(&mut bed, FwdCounter::EncapCached, "cached next hop", |b| {
+        let (v, o) = b.from_container(&inner);
+        out = o;
+        v
+    }, TC_ACT_REDIRECT);
+    assert_eq!(out, expected_encap_to(cached, &inner, sport), "cached next hop: bytes");
+
+    // Stale: resolved on an interface that is no longer the underlay. The FIB decides.
+    bed.set_peer_nexthop(Some(NextHop { ifindex: ul + 100, dmac: cached, smac: NODE_MAC }));
+    expect_fwd(&mut bed, FwdCounter::Encap, "stale cached next hop", |b| {
+        let (v, o) = b.from_container(&inner);
+        out = o;
+        v
+    }, TC_ACT_REDIRECT);
+    assert_eq!(out, expected_encap(&inner, sport), "stale entry: the FIB's next hop");
+
+    // Missing: the FIB decides.
+    bed.set_peer_nexthop(None);
+    expect_fwd(&mut bed, FwdCounter::Encap, "no cached next hop", |b| {
+        let (v, o) = b.from_container(&inner);
+        out = o;
+        v
+    }, TC_ACT_REDIRECT);
+    assert_eq!(out, expected_encap(&inner, sport), "missing entry: the FIB's next hop");
 }

@@ -29,7 +29,7 @@ pub use run::run;
 pub use source::{FileSource, StateSource, Version};
 
 use crate::{
-    datapath::{check_bpffs, desired_contents, network_mtu, Contents, Datapath, DecapMode},
+    datapath::{check_bpffs, desired_contents, network_mtu, resolve_nexthops, Contents, Datapath, DecapMode},
     netlink::{find_underlay, Netlink, Underlay},
     plumb::{self, host_veth_name, Plumbed, VethSpec},
     state::{ClusterState, Endpoint},
@@ -128,8 +128,9 @@ impl Agent {
             }
         }
 
-        // 2. Maps: the whole cluster as this node sees it.
-        let desired = desired_contents(state, &self.node, &self.underlay, &plumbed)?;
+        // 2. Maps: the whole cluster as this node sees it, and the next hop to each other node.
+        let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed)?;
+        desired.nexthops = self.nexthops(&desired).await?;
         report.map_writes = self.dp.apply(&self.current, &desired)?;
         self.current = desired;
 
@@ -208,6 +209,21 @@ impl Agent {
             mtu: network_mtu(net, self.underlay.mtu),
             host: host_veth_name(&ep.name),
         })
+    }
+
+    /// The outer Ethernet header towards every other node, as the kernel would route it now.
+    async fn nexthops(&self, c: &Contents) -> Result<rustc_hash::FxHashMap<u32, overlay_common::maps::NextHop>> {
+        let (routes, neighbours) = (self.nl.routes_v4().await?, self.nl.neighbours_v4().await?);
+        let vteps = c.nodes.keys().map(|k| std::net::Ipv4Addr::from(k.to_ne_bytes()));
+        Ok(resolve_nexthops(vteps, self.underlay.ifindex, self.underlay.mac, &routes, &neighbours))
+    }
+
+    /// Follow a route or neighbour change: only the next-hop cache is recomputed and written.
+    pub async fn refresh_nexthops(&mut self) -> Result<usize> {
+        let nexthops = self.nexthops(&self.current).await?;
+        let writes = self.dp.apply_nexthops(&self.current.nexthops, &nexthops)?;
+        self.current.nexthops = nexthops;
+        Ok(writes)
     }
 
     /// The underlay is the interface holding the node's address. An address this host does not

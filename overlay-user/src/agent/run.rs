@@ -12,7 +12,7 @@ use anyhow::Result;
 use tracing::{error, info, warn};
 
 use super::{Agent, ReconcileReport, StateSource, Version};
-use crate::{datapath::DecapMode, state::ClusterState};
+use crate::{datapath::DecapMode, netlink::Changes, state::ClusterState};
 
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -24,6 +24,7 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
     follow.apply(&mut agent, state, first.revision, Why::First).await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut changes = Changes::subscribe()?;
     let mut tick = tokio::time::interval(RETRY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,6 +33,12 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
             _ = term.recv() => break,
             v = source.next() => follow.offer(&mut agent, v?).await,
             _ = tick.tick() => follow.tick(&mut agent).await,
+            c = changes.next() => {
+                c?;
+                if let Err(e) = agent.refresh_nexthops().await {
+                    warn!("next hops not refreshed (the next pass retries): {e:#}");
+                }
+            }
         }
     }
     info!("stopping; the datapath keeps forwarding (use `overlay down` to remove it)");

@@ -20,6 +20,7 @@ pub struct Contents {
     pub endpoints: FxHashMap<EndpointKey, EndpointInfo>,
     pub local_ifaces: FxHashMap<u32, LocalIface>,
     pub nodes: FxHashMap<u32, NodeInfo>,
+    pub nexthops: FxHashMap<u32, NextHop>,
 }
 
 impl Datapath {
@@ -34,7 +35,8 @@ impl Datapath {
         let endpoints = read_hash::<EndpointKey, EndpointInfo>(self.map_mut(MAP_ENDPOINTS)?)?;
         let local_ifaces = read_hash::<u32, LocalIface>(self.map_mut(MAP_LOCAL_IFACES)?)?;
         let nodes = read_hash::<u32, NodeInfo>(self.map_mut(MAP_NODES)?)?;
-        Ok(Contents { config, networks, endpoints, local_ifaces, nodes })
+        let nexthops = read_hash::<u32, NextHop>(self.map_mut(MAP_NEXTHOPS)?)?;
+        Ok(Contents { config, networks, endpoints, local_ifaces, nodes, nexthops })
     }
 
     /// Bring the maps from `current` to `desired`. Removals first: the entries are going
@@ -48,11 +50,23 @@ impl Datapath {
         }
         // Nodes before endpoints: an endpoint of a new node is never seen before its node is.
         writes += diff_hash(self.map_mut(MAP_NODES)?, &current.nodes, &desired.nodes, MAP_NODES)?;
+        writes += diff_hash(self.map_mut(MAP_NEXTHOPS)?, &current.nexthops, &desired.nexthops, MAP_NEXTHOPS)?;
         writes += diff_hash(self.map_mut(MAP_NETWORKS)?, &current.networks, &desired.networks, MAP_NETWORKS)?;
         writes +=
             diff_hash(self.map_mut(MAP_LOCAL_IFACES)?, &current.local_ifaces, &desired.local_ifaces, MAP_LOCAL_IFACES)?;
         writes += diff_hash(self.map_mut(MAP_ENDPOINTS)?, &current.endpoints, &desired.endpoints, MAP_ENDPOINTS)?;
         Ok(writes)
+    }
+}
+
+impl Datapath {
+    /// Only the next-hop cache, for route and neighbour changes between reconciles.
+    pub fn apply_nexthops(
+        &mut self,
+        current: &FxHashMap<u32, NextHop>,
+        desired: &FxHashMap<u32, NextHop>,
+    ) -> Result<usize> {
+        diff_hash(self.map_mut(MAP_NEXTHOPS)?, current, desired, MAP_NEXTHOPS)
     }
 }
 

@@ -1,11 +1,13 @@
 //! The kernel side as the agent sees it. `contents` computes what the maps should hold (pure,
 //! tested on its own); `maps` writes that as a diff; `attach` hooks the programs up through
-//! pinned links; `pins` keeps maps and links findable after a restart; `counters` reads them.
+//! pinned links; `pins` keeps maps and links findable after a restart; `counters` reads them;
+//! `nexthops` resolves the outer Ethernet header towards each VTEP for encapsulation's cache.
 
 mod attach;
 mod contents;
 mod counters;
 mod maps;
+mod nexthops;
 mod pins;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use overlay_common::maps::*;
 pub use contents::{desired_contents, network_mtu};
 pub use counters::Counters;
 pub use maps::Contents;
+pub use nexthops::{resolve as resolve_nexthops, Neighbour, Route};
 pub use pins::check_bpffs;
 use pins::check_pinned_layouts;
 

@@ -35,7 +35,7 @@ struct Layout {
     max: u32,
 }
 
-fn layouts() -> [Layout; 7] {
+fn layouts() -> [Layout; 8] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
@@ -61,6 +61,7 @@ fn layouts() -> [Layout; 7] {
             max: MAX_LOCAL_IFACES,
         },
         Layout { name: MAP_NODES, kind: MapType::Hash, key: 4, value: size_of::<NodeInfo>() as u32, max: MAX_NODES },
+        Layout { name: MAP_NEXTHOPS, kind: MapType::Hash, key: 4, value: size_of::<NextHop>() as u32, max: MAX_NODES },
         Layout { name: MAP_DROPS, kind: MapType::PerCpuArray, key: 4, value: 8, max: DropReason::COUNT },
         Layout { name: MAP_FWD, kind: MapType::PerCpuArray, key: 4, value: 8, max: FwdCounter::COUNT },
     ]
