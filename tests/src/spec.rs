@@ -39,13 +39,25 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// `n` nodes of ours on the underlay: node-a at 192.168.50.11, node-b at .12, and so on.
+    pub fn nodes(n: usize) -> Self {
+        (0..n).fold(Self::default(), |s, i| {
+            s.node(&format!("node-{}", (b'a' + i as u8) as char), &format!("192.168.50.{}", 11 + i))
+        })
+    }
+
+    /// The smallest overlay: web.1 on node-a, web.2 on node-b, one network (app-net, 10.0.9.0/24).
+    pub fn two_nodes() -> Self {
+        Self::nodes(2)
+            .network("app-net", 4097, "10.0.9.0/24")
+            .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
+            .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
+    }
+
     /// The reference cluster of the demo and the end-to-end tests: three nodes, two networks,
     /// containers of both networks on every node (web.1 and web.4 share node-a).
     pub fn three_nodes_two_networks() -> Self {
-        Self::default()
-            .node("node-a", "192.168.50.11")
-            .node("node-b", "192.168.50.12")
-            .node("node-c", "192.168.50.13")
+        Self::nodes(3)
             .network("app-net", 4097, "10.0.9.0/24")
             .network("db-net", 4098, "10.0.10.0/24")
             .endpoint("web.1", "app-net", "node-a", "10.0.9.3")

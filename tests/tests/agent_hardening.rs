@@ -34,14 +34,6 @@ fn without(text: &str, endpoint: &str) -> String {
     text.split("[[endpoints]]").filter(|b| !b.contains(&needle)).collect::<Vec<_>>().join("[[endpoints]]")
 }
 
-fn two_nodes() -> ClusterSpec {
-    ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .network("app-net", 4097, "10.0.9.0/24")
-        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
-        .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
-}
 
 fn link_is_up(ns: &Netns, ifname: &str) -> bool {
     let out = ns.sh(&format!("ip -o link show dev {ifname}")).unwrap_or_default();
@@ -52,7 +44,7 @@ fn link_is_up(ns: &Netns, ifname: &str) -> bool {
 /// Item 6: a file written in place in two chunks is applied once complete, never as its prefix.
 #[test]
 fn a_half_written_file_is_not_applied() {
-    let spec = two_nodes().endpoint("web.3", "app-net", "node-a", "10.0.9.5");
+    let spec = ClusterSpec::two_nodes().endpoint("web.3", "app-net", "node-a", "10.0.9.5");
     let mut c = Cluster::up(spec).unwrap();
     let full = c.render_state();
     // The prefix is valid on its own: it just lacks web.3, whose veth the agent would remove.
@@ -84,10 +76,7 @@ fn a_half_written_file_is_not_applied() {
 /// Item 7: an endpoint that cannot be plumbed fails alone; every other change is applied.
 #[test]
 fn one_bad_local_endpoint_does_not_block_other_changes() {
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .node("node-c", "192.168.50.13")
+    let spec = ClusterSpec::nodes(3)
         .network("app-net", 4097, "10.0.9.0/24")
         .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
         .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
@@ -125,7 +114,7 @@ fn one_bad_local_endpoint_does_not_block_other_changes() {
 /// Item 8: a sandbox deleted and created again is plumbed again without any change to the file.
 #[test]
 fn a_recreated_sandbox_is_plumbed_again() {
-    let c = Cluster::up(two_nodes()).unwrap();
+    let c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let name = c.container("web.1").name.clone();
     let ip = |args: &[&str]| Command::new("ip").args(args).status().unwrap().success();
     assert!(ip(&["netns", "del", &name]) && ip(&["netns", "add", &name]));
@@ -154,7 +143,7 @@ fn recreate_underlay(c: &Cluster) {
 /// decapsulation again; the old pinned link (severed) is replaced, not fatal.
 #[test]
 fn a_recreated_underlay_is_followed() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     c.kill_agent("node-a");
     recreate_underlay(&c);
     c.start_agent("node-a").unwrap();
@@ -174,7 +163,7 @@ fn a_recreated_underlay_is_followed() {
 /// Item 9: a node address this host does not hold is refused, and the last good state stays.
 #[test]
 fn a_node_address_this_host_does_not_hold_is_refused() {
-    let c = Cluster::up(two_nodes()).unwrap();
+    let c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let before = c.applied_hash("node-a");
     c.write_state(&c.render_state().replace("192.168.50.11", "192.168.50.99")).unwrap();
     assert!(
@@ -188,7 +177,7 @@ fn a_node_address_this_host_does_not_hold_is_refused() {
 /// Item 10: a second agent for the same node exits at once, naming the first one.
 #[test]
 fn a_second_agent_for_a_node_exits() {
-    let c = Cluster::up(two_nodes()).unwrap();
+    let c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let pid = c.agents["node-a"].child.id();
     let log = c.logs.join("second.log");
     let cmd = format!(
@@ -208,7 +197,7 @@ fn a_second_agent_for_a_node_exits() {
 /// Item 11: a sandbox path that is a FIFO is refused by `check --node`, and never blocks the agent.
 #[test]
 fn a_fifo_in_place_of_a_sandbox_blocks_nothing() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let fifo = c.run_dir.path.join("not-a-netns");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let text = c.render_state() + &endpoint_block("fifo.1", "node-a", "10.0.9.30", &fifo);
@@ -233,7 +222,7 @@ fn a_fifo_in_place_of_a_sandbox_blocks_nothing() {
 /// failing (its pin cannot be written: the bpffs is read-only), the host end stays down.
 #[test]
 fn a_veth_stays_down_until_its_program_is_attached() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let bpffs = c.run_dir.path.join("bpffs");
     let remount = |opt: &str| {
         let flags = nix::mount::MsFlags::MS_REMOUNT

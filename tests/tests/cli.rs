@@ -73,3 +73,30 @@ fn check_for_a_node_looks_for_its_sandboxes() {
     assert!(!ok);
     assert!(out.contains("not in the state file"), "{out}");
 }
+
+#[test]
+fn check_reports_every_problem_of_an_entry_at_once() {
+    let (ok, out) = check(&GOOD.replace("vni = 4097", "vni = 0").replace("10.0.9.0/24", "10.0.0.0/33"), &[]);
+    assert!(!ok);
+    assert!(out.contains("networks \"app-net\": field `vni`"), "{out}");
+    assert!(out.contains("networks \"app-net\": field `subnet`"), "{out}");
+}
+
+#[test]
+fn check_refuses_an_empty_file_as_run_does() {
+    let (ok, out) = check("", &[]);
+    assert!(!ok);
+    assert!(out.contains("no nodes"), "{out}");
+}
+
+#[test]
+fn node_names_on_the_command_line_are_checked_like_the_file() {
+    // `overlay down --node ""` once removed every node's pins. Run inside a namespace of our own:
+    // were the check missing, `down` would act on that namespace only.
+    let ns = overlay_tests::Netns::new("cli").unwrap();
+    for bad in ["''", "..", "a/b"] {
+        let cmd = format!("{} down --node {bad} --run-dir /nonexistent-run-dir 2>&1; echo exit=$?", overlay_bin().display());
+        let out = ns.sh(&cmd).unwrap();
+        assert!(out.contains("--node") && out.contains("exit=2"), "{bad}: {out}");
+    }
+}

@@ -21,14 +21,6 @@ fn three_nodes(decap: Option<&str>) -> ClusterSpec {
 }
 
 /// web.1 on node-a, web.2 on node-b, one network.
-fn two_nodes() -> ClusterSpec {
-    ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .network("app-net", 4097, "10.0.9.0/24")
-        .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
-        .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
-}
 
 fn endpoints_of(c: &Cluster, net: &str) -> Vec<String> {
     c.spec.endpoints.iter().filter(|e| e.network == net).map(|e| e.name.clone()).collect()
@@ -57,7 +49,7 @@ fn full_mesh(c: &mut Cluster) {
     }
     let encap: u64 = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|n| fwd(c, n, FwdCounter::Encap) + fwd(c, n, FwdCounter::EncapNeighResolve))
+        .map(|n| fwd(c, n, FwdCounter::Encap) + fwd(c, n, FwdCounter::EncapNeighResolve) + fwd(c, n, FwdCounter::EncapCached))
         .sum();
     let decap: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(c, n, FwdCounter::Decap)).sum();
     let local: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(c, n, FwdCounter::LocalDelivery)).sum();
@@ -124,10 +116,7 @@ fn interop_with_a_kernel_vxlan_node() {
 
 #[test]
 fn state_changes_apply_live_and_bad_states_are_ignored() {
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .node("node-c", "192.168.50.13")
+    let spec = ClusterSpec::nodes(3)
         .network("app-net", 4097, "10.0.9.0/24")
         .endpoint("web.1", "app-net", "node-a", "10.0.9.3")
         .endpoint("web.2", "app-net", "node-b", "10.0.9.4")
@@ -193,7 +182,7 @@ fn state_changes_apply_live_and_bad_states_are_ignored() {
 
 #[test]
 fn agent_restart_keeps_an_open_tcp_connection() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     c.start_servers().unwrap();
     let mut flow = c.tcp_background("web.1", "web.2", 4_000_000, 5.0).unwrap();
     std::thread::sleep(Duration::from_millis(800));
@@ -218,7 +207,7 @@ fn agent_restart_keeps_an_open_tcp_connection() {
 
 #[test]
 fn down_removes_everything() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     assert!(c.ping("web.1", "web.2"));
     c.kill_agent("node-a");
     let bin = overlay_tests::overlay_bin();
@@ -237,7 +226,7 @@ fn down_removes_everything() {
 #[test]
 fn too_big_packets_teach_the_sender_its_path_mtu() {
     // The network claims 1500 bytes; the 1500-byte underlay carries 1450 once encapsulated.
-    let mut spec = two_nodes();
+    let mut spec = ClusterSpec::two_nodes();
     spec.networks[0].mtu = Some(1500);
     let mut c = Cluster::up(spec).unwrap();
     assert!(c.container("web.1").sh("ip -o link show eth0").unwrap().contains("mtu 1500"));
@@ -254,7 +243,7 @@ fn too_big_packets_teach_the_sender_its_path_mtu() {
 
 #[test]
 fn a_sandbox_that_appears_later_is_plumbed_without_a_file_change() {
-    let mut c = Cluster::up(two_nodes()).unwrap();
+    let mut c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     let name = Netns::unique_name("late");
     let text = c.render_state()
         + &format!("[[endpoints]]\nname = \"late.1\"\nnetwork = \"app-net\"\nnode = \"node-a\"\nip = \"10.0.9.9\"\nnetns = \"/var/run/netns/{name}\"\n");
@@ -278,7 +267,7 @@ fn a_sandbox_that_appears_later_is_plumbed_without_a_file_change() {
 /// `overlay stats --json` (what a user reads) agrees with the counters the tests read.
 #[test]
 fn stats_cli_agrees_with_the_pinned_counters() {
-    let c = Cluster::up(two_nodes()).unwrap();
+    let c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
     assert!(c.ping("web.1", "web.2"));
     let json = c.stats("node-a").unwrap();
     let typed = c.counters("node-a").unwrap();
@@ -292,6 +281,46 @@ fn stats_cli_agrees_with_the_pinned_counters() {
             assert!(cli.is_some_and(|x| x <= *v), "{section} {name}: cli {cli:?}, pins {v}");
         }
     }
-    assert!(typed.fwd(FwdCounter::Encap) + typed.fwd(FwdCounter::EncapNeighResolve) > 0);
+    let encap = [FwdCounter::Encap, FwdCounter::EncapNeighResolve, FwdCounter::EncapCached];
+    assert!(encap.iter().map(|x| typed.fwd(*x)).sum::<u64>() > 0);
     assert!(json["not_plumbed"].as_object().is_some_and(|m| m.is_empty()), "{json}");
+}
+
+/// Node-a's cached next hop towards node-b, as the datapath reads it.
+fn cached_next_hop(c: &Cluster, node: &str, vtep: [u8; 4]) -> Option<overlay_common::maps::NextHop> {
+    use aya::maps::{HashMap, Map, MapData};
+    let pin = overlay::agent::Paths::new(&c.run_dir.path, node).pins.join("maps").join(overlay_common::maps::MAP_NEXTHOPS);
+    let map = Map::HashMap(MapData::from_pin(pin).ok()?);
+    let m = HashMap::<_, u32, overlay_common::maps::NextHop>::try_from(&map).ok()?;
+    m.get(&u32::from_ne_bytes(vtep), 0).ok()
+}
+
+#[test]
+fn encapsulation_caches_the_next_hop_and_follows_neighbour_changes() {
+    let c = Cluster::up(ClusterSpec::two_nodes()).unwrap();
+    let b_mac = c.nodes["node-b"].sh("cat /sys/class/net/ul0/address").unwrap().trim().to_string();
+    let mac = |s: &str| -> [u8; 6] {
+        let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+        v.try_into().unwrap()
+    };
+    // The first packet lets the kernel resolve node-b; the agent caches what it learned.
+    assert!(c.ping("web.1", "web.2"));
+    let peer = [192, 168, 50, 12];
+    assert!(
+        wait_for(Duration::from_secs(5), || cached_next_hop(&c, "node-a", peer).is_some_and(|n| n.dmac == mac(&b_mac))),
+        "no cached next hop: {:?}",
+        cached_next_hop(&c, "node-a", peer)
+    );
+    let before = fwd(&c, "node-a", FwdCounter::EncapCached);
+    assert!(c.ping("web.1", "web.2"));
+    assert!(fwd(&c, "node-a", FwdCounter::EncapCached) > before, "encapsulation did not use the cache");
+    // A neighbour change reaches the cache through netlink events, without a state change.
+    let node_a = &c.nodes["node-a"];
+    node_a.sh("ip neigh replace 192.168.50.12 lladdr 02:00:00:00:00:99 dev ul0 nud permanent").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(3), || cached_next_hop(&c, "node-a", peer).is_some_and(|n| n.dmac == mac("02:00:00:00:00:99"))),
+        "the cache did not follow the neighbour table"
+    );
+    node_a.sh(&format!("ip neigh replace 192.168.50.12 lladdr {b_mac} dev ul0 nud permanent")).unwrap();
+    assert!(wait_for(Duration::from_secs(3), || c.ping("web.1", "web.2")), "traffic after the neighbour came back");
 }

@@ -33,10 +33,7 @@ fn arrives(c: &Cluster, from_ns: &str, from: &str, vni: u32, inner_src: &str, ds
 
 #[test]
 fn only_cluster_nodes_can_send_into_a_network() {
-    let spec = ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
-        .node("node-b", "192.168.50.12")
-        .node("node-c", "192.168.50.13")
+    let spec = ClusterSpec::nodes(3)
         .network("app-net", 4097, "10.0.9.0/24")
         .network("db-net", 4098, "10.0.10.0/24")
         .endpoint("web.1", "app-net", "node-a", "10.0.9.3")

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::report::Report;
+use super::{
+    cpu::{self, Cpu},
+    report::Report,
+};
 use crate::{in_netns, spawn_in, tcpx_bin, Cluster, ClusterSpec, Netns, Proc};
 
 pub const SECTION: &str = "Two-node overlay";
@@ -91,12 +94,18 @@ fn spawn(ns: &str, cmd: &str) -> Result<Proc> {
     Ok(Proc(spawn_in(ns, cmd, std::fs::File::create("/dev/null")?)?))
 }
 
-fn iperf(rig: &Rig, args: &str) -> Result<serde_json::Value> {
+/// One iperf3 run, with the CPU the machine spent during it.
+fn iperf(rig: &Rig, args: &str) -> Result<(serde_json::Value, Cpu)> {
     let _server = spawn(&rig.server, "iperf3 -s -1 -p 5201")?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = exec(&rig.client, &format!("iperf3 -c {} -p 5201 -J {args}", rig.server_ip))?;
-    serde_json::from_str(&out).context("iperf3 output")
+    let (out, cpu) = cpu::measure(|| exec(&rig.client, &format!("iperf3 -c {} -p 5201 -J {args}", rig.server_ip)))?;
+    Ok((serde_json::from_str(&out).context("iperf3 output")?, cpu))
 }
+
+/// Offered load of the fixed-rate rounds: below what every datapath here can carry, so each
+/// carries the same traffic and only the CPU it takes differs.
+const FIXED_TCP: &str = "1G";
+const FIXED_UDP_PPS: u64 = 50_000;
 
 #[derive(Clone, Copy, Default)]
 struct Measured {
@@ -106,6 +115,13 @@ struct Measured {
     rr_per_s: f64,
     rr_p50_us: f64,
     rr_p99_us: f64,
+    /// CPU seconds per GB received, TCP 1 stream at full speed.
+    cpu_per_gb: Cpu,
+    /// CPU seconds per million packets received, UDP 64 B at full speed.
+    cpu_per_mpkt: Cpu,
+    /// Busy CPUs (CPU seconds per second) at the fixed TCP and UDP rates.
+    fixed_tcp: Cpu,
+    fixed_udp: Cpu,
 }
 
 fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
@@ -113,12 +129,18 @@ fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
         bail!("the rig does not forward");
     }
     let gbps = |v: &serde_json::Value| v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
-    let tcp1 = gbps(&iperf(rig, &format!("-t {secs}"))?);
-    let tcp4 = gbps(&iperf(rig, &format!("-t {secs} -P 4"))?);
-    let u = iperf(rig, &format!("-t {secs} -u -l 64 -b 0"))?;
-    let sum = &u["end"]["sum"];
-    let received = sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let udp_pps = received / sum["seconds"].as_f64().unwrap_or(1.0).max(0.001);
+    let gb = |v: &serde_json::Value| v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    let (t1, t1_cpu) = iperf(rig, &format!("-t {secs}"))?;
+    let tcp1 = gbps(&t1);
+    let tcp4 = gbps(&iperf(rig, &format!("-t {secs} -P 4"))?.0);
+    let received = |u: &serde_json::Value| {
+        let sum = &u["end"]["sum"];
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0)
+    };
+    let (u, u_cpu) = iperf(rig, &format!("-t {secs} -u -l 64 -b 0"))?;
+    let udp_pps = received(&u) / u["end"]["sum"]["seconds"].as_f64().unwrap_or(1.0).max(0.001);
+    let (_, fixed_tcp) = iperf(rig, &format!("-t {secs} -b {FIXED_TCP}"))?;
+    let (_, fixed_udp) = iperf(rig, &format!("-t {secs} -u -l 64 -b {}", FIXED_UDP_PPS * 64 * 8))?;
     let _echo = spawn(&rig.server, &format!("{} serve 5001", tcpx_bin().display()))?;
     std::thread::sleep(Duration::from_millis(200));
     let rr = exec(&rig.client, &format!("{} rr {} 5001 {secs}", tcpx_bin().display(), rig.server_ip))?;
@@ -131,6 +153,10 @@ fn measure(rig: &Rig, secs: u32) -> Result<Measured> {
         rr_per_s: num(1) / secs as f64,
         rr_p50_us: num(3),
         rr_p99_us: num(5),
+        cpu_per_gb: t1_cpu.per(gb(&t1)),
+        cpu_per_mpkt: u_cpu.per(received(&u) / 1e6),
+        fixed_tcp: fixed_tcp.per(secs as f64),
+        fixed_udp: fixed_udp.per(secs as f64),
     })
 }
 
@@ -175,8 +201,15 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
             runs[i].push(measure(rig, secs).with_context(|| format!("measuring {}", DATAPATHS[i]))?);
         }
     }
+    let mut medians = Vec::new();
     for (i, dp) in DATAPATHS.iter().enumerate() {
         let pick = |f: fn(&Measured) -> f64| median(&mut runs[i].iter().map(f).collect::<Vec<_>>());
+        // A CPU figure is the round whose total is the median, so its split adds up.
+        let pick_cpu = |f: fn(&Measured) -> Cpu| {
+            let mut v: Vec<Cpu> = runs[i].iter().map(f).collect();
+            v.sort_by(|a, b| a.total().total_cmp(&b.total()));
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
         let m = Measured {
             tcp1_gbps: pick(|m| m.tcp1_gbps),
             tcp4_gbps: pick(|m| m.tcp4_gbps),
@@ -184,7 +217,12 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
             rr_per_s: pick(|m| m.rr_per_s),
             rr_p50_us: pick(|m| m.rr_p50_us),
             rr_p99_us: pick(|m| m.rr_p99_us),
+            cpu_per_gb: pick_cpu(|m| m.cpu_per_gb),
+            cpu_per_mpkt: pick_cpu(|m| m.cpu_per_mpkt),
+            fixed_tcp: pick_cpu(|m| m.fixed_tcp),
+            fixed_udp: pick_cpu(|m| m.fixed_udp),
         };
+        medians.push(m);
         let dp = *dp;
         let r = |m: &str| if dp == refname { None } else { Some(format!("{refname}: {m}")) };
         let rounds_note = format!("median of {rounds} x {secs} s");
@@ -220,6 +258,7 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
             "lower is better",
         );
     }
+    cpu_rows(report, &medians, rounds, secs);
     let kernel = DATAPATHS[1];
     let ours = DATAPATHS[2];
     let g = |r: &Report, d: &str, m: &str| r.get(SECTION, &format!("{d}: {m}")).unwrap_or(0.0);
@@ -240,4 +279,31 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         l >= 0.9,
     );
     Ok(())
+}
+
+pub const CPU_SECTION: &str = "Two-node overlay: CPU cost";
+/// CPU rows, each compared with the kernel path it replaces (vxlan + bridge).
+pub const CPU_METRICS: [&str; 4] =
+    ["CPU per GB, TCP 1 stream", "CPU per million packets, UDP 64 B", "busy CPUs at 1 Gbit/s TCP", "busy CPUs at 50k pkt/s UDP 64 B"];
+
+fn cpu_rows(report: &mut Report, medians: &[Measured], rounds: u32, secs: u32) {
+    let kernel = DATAPATHS[1];
+    // The reference goes first so every other row can name it.
+    let order = [1, 0, 2, 3];
+    for i in order {
+        let (dp, m) = (DATAPATHS[i], &medians[i]);
+        let rows = [(CPU_METRICS[0], m.cpu_per_gb, "CPU s/GB"), (CPU_METRICS[1], m.cpu_per_mpkt, "CPU s/Mpkt"),
+                    (CPU_METRICS[2], m.fixed_tcp, "CPUs"), (CPU_METRICS[3], m.fixed_udp, "CPUs")];
+        for (metric, cpu, unit) in rows {
+            let reference = (dp != kernel).then(|| format!("{kernel}: {metric}"));
+            let note = format!("{}; median of {rounds} x {secs} s; lower is better", cpu.split());
+            report.add(CPU_SECTION, &format!("{dp}: {metric}"), cpu.total(), unit, reference.as_deref(), &note);
+        }
+    }
+    let ours = DATAPATHS[2];
+    for metric in &CPU_METRICS[..2] {
+        let r = report.get(CPU_SECTION, &format!("{ours}: {metric}")).unwrap_or(0.0)
+            / report.get(CPU_SECTION, &format!("{kernel}: {metric}")).unwrap_or(0.0).max(1e-12);
+        report.target(&format!("ours (default, TC) vs kernel vxlan+bridge: {metric}"), "<= 0.7x", format!("{r:.2}x"), r <= 0.7);
+    }
 }
