@@ -142,14 +142,7 @@ fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<Hop, DropReason>
 /// Push the outer headers in front of the inner frame and write them. The outer IPv4 has DF set
 /// (we never fragment) and the inner TOS; the UDP source port comes from the inner flow's hash.
 #[inline(always)]
-fn write_headers(
-    ctx: &TcContext,
-    cfg: &Config,
-    vni: u32,
-    vtep: u32,
-    flow: &Flow,
-    hop: &Hop,
-) -> Result<(), DropReason> {
+fn write_headers(ctx: &TcContext, cfg: &Config, vni: u32, vtep: u32, flow: &Flow, hop: &Hop) -> Result<(), DropReason> {
     let inner_eth: [u8; ETH_LEN] =
         unsafe { *(Packet::new(ctx.data(), ctx.data_end()).at::<[u8; ETH_LEN]>(0).ok_or(DropReason::Truncated)?) };
     let inner_len = ctx.len();

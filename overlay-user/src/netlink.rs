@@ -201,7 +201,12 @@ impl Netlink {
             self.handle.route().get(IpVersion::V4).execute().try_collect().await.context("listing routes")?;
         let mut out = Vec::new();
         for m in msgs {
-            let mut r = Route { dst: Ipv4Addr::UNSPECIFIED, prefix: m.header.destination_prefix_length, gateway: None, oif: None };
+            let mut r = Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: m.header.destination_prefix_length,
+                gateway: None,
+                oif: None,
+            };
             let mut table = m.header.table as u32;
             for a in &m.attributes {
                 match a {

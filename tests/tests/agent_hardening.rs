@@ -34,7 +34,6 @@ fn without(text: &str, endpoint: &str) -> String {
     text.split("[[endpoints]]").filter(|b| !b.contains(&needle)).collect::<Vec<_>>().join("[[endpoints]]")
 }
 
-
 fn link_is_up(ns: &Netns, ifname: &str) -> bool {
     let out = ns.sh(&format!("ip -o link show dev {ifname}")).unwrap_or_default();
     let flags = out.split('<').nth(1).and_then(|s| s.split('>').next()).unwrap_or("");

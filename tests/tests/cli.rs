@@ -95,7 +95,8 @@ fn node_names_on_the_command_line_are_checked_like_the_file() {
     // were the check missing, `down` would act on that namespace only.
     let ns = overlay_tests::Netns::new("cli").unwrap();
     for bad in ["''", "..", "a/b"] {
-        let cmd = format!("{} down --node {bad} --run-dir /nonexistent-run-dir 2>&1; echo exit=$?", overlay_bin().display());
+        let cmd =
+            format!("{} down --node {bad} --run-dir /nonexistent-run-dir 2>&1; echo exit=$?", overlay_bin().display());
         let out = ns.sh(&cmd).unwrap();
         assert!(out.contains("--node") && out.contains("exit=2"), "{bad}: {out}");
     }

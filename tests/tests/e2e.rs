@@ -20,8 +20,6 @@ fn three_nodes(decap: Option<&str>) -> ClusterSpec {
     s
 }
 
-/// web.1 on node-a, web.2 on node-b, one network.
-
 fn endpoints_of(c: &Cluster, net: &str) -> Vec<String> {
     c.spec.endpoints.iter().filter(|e| e.network == net).map(|e| e.name.clone()).collect()
 }
@@ -49,7 +47,9 @@ fn full_mesh(c: &mut Cluster) {
     }
     let encap: u64 = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|n| fwd(c, n, FwdCounter::Encap) + fwd(c, n, FwdCounter::EncapNeighResolve) + fwd(c, n, FwdCounter::EncapCached))
+        .map(|n| {
+            fwd(c, n, FwdCounter::Encap) + fwd(c, n, FwdCounter::EncapNeighResolve) + fwd(c, n, FwdCounter::EncapCached)
+        })
         .sum();
     let decap: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(c, n, FwdCounter::Decap)).sum();
     let local: u64 = ["node-a", "node-b", "node-c"].iter().map(|n| fwd(c, n, FwdCounter::LocalDelivery)).sum();
@@ -289,7 +289,8 @@ fn stats_cli_agrees_with_the_pinned_counters() {
 /// Node-a's cached next hop towards node-b, as the datapath reads it.
 fn cached_next_hop(c: &Cluster, node: &str, vtep: [u8; 4]) -> Option<overlay_common::maps::NextHop> {
     use aya::maps::{HashMap, Map, MapData};
-    let pin = overlay::agent::Paths::new(&c.run_dir.path, node).pins.join("maps").join(overlay_common::maps::MAP_NEXTHOPS);
+    let pin =
+        overlay::agent::Paths::new(&c.run_dir.path, node).pins.join("maps").join(overlay_common::maps::MAP_NEXTHOPS);
     let map = Map::HashMap(MapData::from_pin(pin).ok()?);
     let m = HashMap::<_, u32, overlay_common::maps::NextHop>::try_from(&map).ok()?;
     m.get(&u32::from_ne_bytes(vtep), 0).ok()
@@ -318,7 +319,8 @@ fn encapsulation_caches_the_next_hop_and_follows_neighbour_changes() {
     let node_a = &c.nodes["node-a"];
     node_a.sh("ip neigh replace 192.168.50.12 lladdr 02:00:00:00:00:99 dev ul0 nud permanent").unwrap();
     assert!(
-        wait_for(Duration::from_secs(3), || cached_next_hop(&c, "node-a", peer).is_some_and(|n| n.dmac == mac("02:00:00:00:00:99"))),
+        wait_for(Duration::from_secs(3), || cached_next_hop(&c, "node-a", peer)
+            .is_some_and(|n| n.dmac == mac("02:00:00:00:00:99"))),
         "the cache did not follow the neighbour table"
     );
     node_a.sh(&format!("ip neigh replace 192.168.50.12 lladdr {b_mac} dev ul0 nud permanent")).unwrap();

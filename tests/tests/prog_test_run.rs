@@ -624,28 +624,46 @@ fn encap_uses_the_cached_next_hop_then_falls_back_to_the_fib() {
     let ul = bed.underlay_ifindex;
     bed.set_peer_nexthop(Some(NextHop { ifindex: ul, dmac: cached, smac: NODE_MAC }));
     let mut out = Vec::new();
-    expect_fwd(&mut bed, FwdCounter::EncapCached, "cached next hop", |b| {
-        let (v, o) = b.from_container(&inner);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::EncapCached,
+        "cached next hop",
+        |b| {
+            let (v, o) = b.from_container(&inner);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(out, expected_encap_to(cached, &inner, sport), "cached next hop: bytes");
 
     // Stale: resolved on an interface that is no longer the underlay. The FIB decides.
     bed.set_peer_nexthop(Some(NextHop { ifindex: ul + 100, dmac: cached, smac: NODE_MAC }));
-    expect_fwd(&mut bed, FwdCounter::Encap, "stale cached next hop", |b| {
-        let (v, o) = b.from_container(&inner);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::Encap,
+        "stale cached next hop",
+        |b| {
+            let (v, o) = b.from_container(&inner);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(out, expected_encap(&inner, sport), "stale entry: the FIB's next hop");
 
     // Missing: the FIB decides.
     bed.set_peer_nexthop(None);
-    expect_fwd(&mut bed, FwdCounter::Encap, "no cached next hop", |b| {
-        let (v, o) = b.from_container(&inner);
-        out = o;
-        v
-    }, TC_ACT_REDIRECT);
+    expect_fwd(
+        &mut bed,
+        FwdCounter::Encap,
+        "no cached next hop",
+        |b| {
+            let (v, o) = b.from_container(&inner);
+            out = o;
+            v
+        },
+        TC_ACT_REDIRECT,
+    );
     assert_eq!(out, expected_encap(&inner, sport), "missing entry: the FIB's next hop");
 }

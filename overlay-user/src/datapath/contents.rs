@@ -109,7 +109,7 @@ netns = "/run/netns/d1"
 "#;
 
     fn underlay() -> Underlay {
-        Underlay { ifindex: 7, name: "ul0".into(), mtu: 1500, is_veth: true }
+        Underlay { ifindex: 7, name: "ul0".into(), mtu: 1500, is_veth: true, mac: [2, 0, 0, 0, 0, 0x11] }
     }
 
     fn plumbed(names: &[(&str, u32)]) -> BTreeMap<String, Plumbed> {

@@ -283,8 +283,12 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
 
 pub const CPU_SECTION: &str = "Two-node overlay: CPU cost";
 /// CPU rows, each compared with the kernel path it replaces (vxlan + bridge).
-pub const CPU_METRICS: [&str; 4] =
-    ["CPU per GB, TCP 1 stream", "CPU per million packets, UDP 64 B", "busy CPUs at 1 Gbit/s TCP", "busy CPUs at 50k pkt/s UDP 64 B"];
+pub const CPU_METRICS: [&str; 4] = [
+    "CPU per GB, TCP 1 stream",
+    "CPU per million packets, UDP 64 B",
+    "busy CPUs at 1 Gbit/s TCP",
+    "busy CPUs at 50k pkt/s UDP 64 B",
+];
 
 fn cpu_rows(report: &mut Report, medians: &[Measured], rounds: u32, secs: u32) {
     let kernel = DATAPATHS[1];
@@ -292,8 +296,12 @@ fn cpu_rows(report: &mut Report, medians: &[Measured], rounds: u32, secs: u32) {
     let order = [1, 0, 2, 3];
     for i in order {
         let (dp, m) = (DATAPATHS[i], &medians[i]);
-        let rows = [(CPU_METRICS[0], m.cpu_per_gb, "CPU s/GB"), (CPU_METRICS[1], m.cpu_per_mpkt, "CPU s/Mpkt"),
-                    (CPU_METRICS[2], m.fixed_tcp, "CPUs"), (CPU_METRICS[3], m.fixed_udp, "CPUs")];
+        let rows = [
+            (CPU_METRICS[0], m.cpu_per_gb, "CPU s/GB"),
+            (CPU_METRICS[1], m.cpu_per_mpkt, "CPU s/Mpkt"),
+            (CPU_METRICS[2], m.fixed_tcp, "CPUs"),
+            (CPU_METRICS[3], m.fixed_udp, "CPUs"),
+        ];
         for (metric, cpu, unit) in rows {
             let reference = (dp != kernel).then(|| format!("{kernel}: {metric}"));
             let note = format!("{}; median of {rounds} x {secs} s; lower is better", cpu.split());
@@ -304,6 +312,11 @@ fn cpu_rows(report: &mut Report, medians: &[Measured], rounds: u32, secs: u32) {
     for metric in &CPU_METRICS[..2] {
         let r = report.get(CPU_SECTION, &format!("{ours}: {metric}")).unwrap_or(0.0)
             / report.get(CPU_SECTION, &format!("{kernel}: {metric}")).unwrap_or(0.0).max(1e-12);
-        report.target(&format!("ours (default, TC) vs kernel vxlan+bridge: {metric}"), "<= 0.7x", format!("{r:.2}x"), r <= 0.7);
+        report.target(
+            &format!("ours (default, TC) vs kernel vxlan+bridge: {metric}"),
+            "<= 0.7x",
+            format!("{r:.2}x"),
+            r <= 0.7,
+        );
     }
 }

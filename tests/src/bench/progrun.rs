@@ -172,7 +172,12 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     for (row, goal) in targets {
         if let Some(v) = report.get(SECTION, row) {
             let x = v / f_one;
-            report.target(&format!("{row}: multiple of the XDP_PASS floor"), &format!("<= {goal}x"), format!("{x:.2}x"), x <= goal);
+            report.target(
+                &format!("{row}: multiple of the XDP_PASS floor"),
+                &format!("<= {goal}x"),
+                format!("{x:.2}x"),
+                x <= goal,
+            );
         }
     }
     Ok(())
