@@ -56,11 +56,13 @@ pub fn answer(ctx: &TcContext, iface: &LocalIface, ifindex: u32) -> Result<i32, 
         let ep = OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: target }).ok_or(DropReason::ArpUnknownTarget)?;
         let mac = ep.mac;
 
+        // The sender's MAC is written from `iface` (equal, checked above): copying it within the
+        // packet would compile to a byte-at-a-time memmove call.
         let e = &mut *eth;
-        e.dst_addr = a.sha;
+        e.dst_addr = iface.mac;
         e.src_addr = mac;
         a.op = ARP_REPLY.to_be_bytes();
-        a.tha = a.sha;
+        a.tha = iface.mac;
         a.tpa = a.spa;
         a.sha = mac;
         a.spa = target.to_ne_bytes();

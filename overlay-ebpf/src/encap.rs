@@ -116,7 +116,10 @@ fn cached_next_hop(cfg: &Config, vtep: u32) -> Option<Hop> {
 /// `bpf_redirect_neigh`.
 #[inline(always)]
 fn next_hop(ctx: &TcContext, cfg: &Config, vtep: u32) -> Result<Hop, DropReason> {
-    let mut fib: bpf_fib_lookup = unsafe { mem::zeroed() };
+    let mut fib = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: every byte of the struct is written before it is read.
+    unsafe { hdr::zero(fib.as_mut_ptr().cast::<u8>(), mem::size_of::<bpf_fib_lookup>()) };
+    let mut fib = unsafe { fib.assume_init() };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
     fib.ifindex = cfg.underlay_ifindex;
@@ -154,17 +157,25 @@ fn write_headers(ctx: &TcContext, cfg: &Config, vni: u32, vtep: u32, flow: &Flow
     ctx.adjust_room(OUTER_LEN as i32, BPF_ADJ_ROOM_MAC, flags).map_err(|_| DropReason::HelperFailed)?;
 
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let out: *mut [u8; OUTER_LEN + ETH_LEN] = pkt.at(0).ok_or(DropReason::HelperFailed)?;
+    let out: *mut u8 = pkt.at::<[u8; OUTER_LEN + ETH_LEN]>(0).ok_or(DropReason::HelperFailed)?.cast();
     let tot_len = (inner_len as usize + OUTER_LEN - ETH_LEN) as u16;
     let sport = src_port(flow_hash(flow.src, flow.dst, flow.proto, flow.ports));
-    let (dmac, smac) = hop.macs.unwrap_or(([0; 6], [0; 6]));
-
-    let mut h = [0u8; OUTER_LEN + ETH_LEN];
-    h[0..14].copy_from_slice(&hdr::eth(&dmac, &smac, ETH_P_IP));
-    h[14..34].copy_from_slice(&hdr::ipv4(flow.tos, tot_len, IP_DF, IPPROTO_UDP, cfg.node_ip, vtep));
-    h[34..42].copy_from_slice(&hdr::udp(sport, cfg.vxlan_port, tot_len - IPV4_LEN as u16));
-    h[42..50].copy_from_slice(&hdr::vxlan(vni));
-    h[50..64].copy_from_slice(&inner_eth);
-    unsafe { *out = h };
+    // Each header is written in place: assembling all 64 bytes in one stack buffer first makes
+    // the compiler zero it with a byte-at-a-time memset call, a third of encapsulation's cost.
+    // SAFETY: the 64 bytes from `out` were bounds-checked above.
+    unsafe {
+        match hop.macs {
+            Some((dmac, smac)) => *out.cast::<[u8; ETH_LEN]>() = hdr::eth(&dmac, &smac, ETH_P_IP),
+            // bpf_redirect_neigh fills in both MACs.
+            None => {
+                hdr::zero(out, 12);
+                *out.add(12).cast::<[u8; 2]>() = ETH_P_IP.to_be_bytes();
+            }
+        }
+        *out.add(14).cast::<[u8; IPV4_LEN]>() = hdr::ipv4(flow.tos, tot_len, IP_DF, IPPROTO_UDP, cfg.node_ip, vtep);
+        *out.add(34).cast::<[u8; UDP_LEN]>() = hdr::udp(sport, cfg.vxlan_port, tot_len - IPV4_LEN as u16);
+        *out.add(42).cast::<[u8; VXLAN_LEN]>() = hdr::vxlan(vni);
+        *out.add(50).cast::<[u8; ETH_LEN]>() = inner_eth;
+    }
     Ok(())
 }

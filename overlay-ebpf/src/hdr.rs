@@ -22,6 +22,24 @@ pub fn csum<const N: usize>(h: &[u8; N], skip: usize) -> u16 {
     !(sum as u16)
 }
 
+/// Zero `len` bytes at `p`. Volatile stores, because the compiler turns a zeroed buffer or a
+/// zeroing loop into a call to a byte-at-a-time `memset` (a BPF-to-BPF call with a loop).
+///
+/// # Safety
+/// `p..p + len` must be writable.
+#[inline(always)]
+pub unsafe fn zero(p: *mut u8, len: usize) {
+    let mut i = 0;
+    while i + 8 <= len {
+        unsafe { core::ptr::write_volatile(p.add(i).cast::<[u8; 8]>(), [0; 8]) };
+        i += 8;
+    }
+    while i < len {
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
 #[inline(always)]
 pub fn eth(dst: &[u8; 6], src: &[u8; 6], ether_type: u16) -> [u8; ETH_LEN] {
     let mut h = [0u8; ETH_LEN];
