@@ -35,6 +35,8 @@ pub const PROG_UNDERLAY_XDP: &str = "ov_underlay_xdp";
 pub const PROG_UNDERLAY_TC: &str = "ov_underlay_tc";
 /// XDP_PASS and nothing else: the floor the benchmarks compare against (never attached).
 pub const PROG_BENCH_FLOOR: &str = "ov_bench_floor";
+/// TC_ACT_OK and nothing else: the same floor for TC programs, whose test runs also build an skb.
+pub const PROG_BENCH_FLOOR_TC: &str = "ov_bench_floor_tc";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Per-packet cost of each program path through BPF_PROG_TEST_RUN, beside the XDP_PASS floor.
+//! Per-packet cost of each program path through BPF_PROG_TEST_RUN, beside the XDP_PASS floor (and,
+//! for TC programs, the TC_ACT_OK floor: a TC test run also builds an skb).
 //!
 //! Paths that leave the packet as it was (pass, drops, local delivery) are timed with one
 //! large `repeat`, which the kernel averages. Paths that rewrite the packet (encap, decap, ARP
@@ -68,11 +69,15 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     {
         let p: &mut Xdp = bed.dp.ebpf().program_mut(PROG_BENCH_FLOOR).context("floor program")?.try_into()?;
         p.load()?;
+        let p: &mut SchedClassifier =
+            bed.dp.ebpf().program_mut(PROG_BENCH_FLOOR_TC).context("TC floor program")?.try_into()?;
+        p.load()?;
     }
     let repeat = if quick { 200_000 } else { 2_000_000 };
     let calls = if quick { 3_000 } else { 30_000 };
     let ul = bed.underlay_ifindex;
     let floor = Prog::Xdp(PROG_BENCH_FLOOR);
+    let floor_tc = Prog::Tc(PROG_BENCH_FLOOR_TC, ul);
     let xdp = Prog::Xdp(PROG_UNDERLAY_XDP);
     let tc_ul = Prog::Tc(PROG_UNDERLAY_TC, ul);
     let ct = Prog::Tc(PROG_FROM_CONTAINER, A_IFINDEX);
@@ -124,6 +129,16 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     let f_one = single(&mut bed, &floor, &dns, calls, XDP_PASS)?;
     report.add(SECTION, "floor: XDP_PASS (single runs)", f_one, "ns/pkt", None, sg);
 
+    let t_rep = repeated(&mut bed, &floor_tc, &dns, repeat, TC_ACT_OK)?;
+    report.add(SECTION, "floor: TC_ACT_OK (repeat)", t_rep, "ns/pkt", None, rp);
+    let t_one = single(&mut bed, &floor_tc, &dns, calls, TC_ACT_OK)?;
+    report.add(SECTION, "floor: TC_ACT_OK (single runs)", t_one, "ns/pkt", None, sg);
+    // A TC row's multiple of the TC floor: what the program costs beyond the skb a test run builds.
+    let tc_note = |ns: f64, can_repeat: bool| {
+        let (floor, how) = if can_repeat { (t_rep, rp) } else { (t_one, sg) };
+        format!("{how}; {:.2}x floor: TC_ACT_OK ({how})", ns / floor.max(1e-9))
+    };
+
     let fr = Some("floor: XDP_PASS (repeat)");
     let fs = Some("floor: XDP_PASS (single runs)");
     let rows: Vec<(&str, &Prog, &[u8], u32, bool)> = vec![
@@ -157,13 +172,18 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         } else {
             (single(&mut bed, prog, data, calls, verdict)?, fs, sg)
         };
-        report.add(SECTION, name, ns, "ns/pkt", reference, note);
+        let note = match prog {
+            Prog::Tc(..) => tc_note(ns, can_repeat),
+            Prog::Xdp(_) => note.to_string(),
+        };
+        report.add(SECTION, name, ns, "ns/pkt", reference, &note);
     }
     // What the agent sets up: the next hop towards the peer from its cache.
     let ul = bed.underlay_ifindex;
     bed.set_peer_nexthop(Some(NextHop { ifindex: ul, dmac: PEER_MAC, smac: NODE_MAC }));
     let cached = single(&mut bed, &ct, &to_b, calls, TC_ACT_REDIRECT)?;
-    report.add(SECTION, "container encap to remote endpoint, cached next hop", cached, "ns/pkt", fs, sg);
+    let note = tc_note(cached, false);
+    report.add(SECTION, "container encap to remote endpoint, cached next hop", cached, "ns/pkt", fs, &note);
     let targets = [
         ("xdp decap to local endpoint", 2.0),
         ("tc decap to local endpoint", 2.0),
