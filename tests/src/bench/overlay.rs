@@ -281,6 +281,23 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// The report's charts: file name and SVG, for the sections the report has.
+pub fn charts(r: &Report) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if r.rows.iter().any(|row| row.section == SECTION) {
+        let title = format!("{SECTION}: relative to {} (1.0); higher is better", DATAPATHS[0]);
+        out.push(("overlay.svg", r.svg(SECTION, &title, &METRICS, &DATAPATHS)));
+    }
+    if r.rows.iter().any(|row| row.section == CPU_SECTION) {
+        // The kernel path first: it is what every other bar is relative to.
+        let dps = [DATAPATHS[1], DATAPATHS[0], DATAPATHS[2], DATAPATHS[3]];
+        let metrics: Vec<(&str, &str)> = CPU_METRICS.iter().zip(CPU_LABELS).map(|(m, l)| (*m, l)).collect();
+        let title = format!("{CPU_SECTION}: relative to {} (1.0); lower is better", DATAPATHS[1]);
+        out.push(("cpu.svg", r.svg(CPU_SECTION, &title, &metrics, &dps)));
+    }
+    out
+}
+
 pub const CPU_SECTION: &str = "Two-node overlay: CPU cost";
 /// CPU rows, each compared with the kernel path it replaces (vxlan + bridge).
 pub const CPU_METRICS: [&str; 4] = [
@@ -289,6 +306,8 @@ pub const CPU_METRICS: [&str; 4] = [
     "busy CPUs at 1 Gbit/s TCP",
     "busy CPUs at 50k pkt/s UDP 64 B",
 ];
+const CPU_LABELS: [&str; 4] =
+    ["CPU per GB (TCP)", "CPU per Mpkt (UDP 64 B)", "busy at 1 Gbit/s TCP", "busy at 50k pkt/s"];
 
 fn cpu_rows(report: &mut Report, medians: &[Measured], rounds: u32, secs: u32) {
     let kernel = DATAPATHS[1];

@@ -95,8 +95,8 @@ impl Report {
     }
 
     /// Grouped bars: each metric of `section`, each datapath normalised to the reference row
-    /// of that metric (1.0 = the reference).
-    pub fn svg(&self, section: &str, metrics: &[(&str, &str)], datapaths: &[&str]) -> String {
+    /// of that metric (1.0 = the reference), under `title`.
+    pub fn svg(&self, section: &str, title: &str, metrics: &[(&str, &str)], datapaths: &[&str]) -> String {
         let (w, h, left, top, bottom) = (860.0, 380.0, 60.0, 40.0, 70.0);
         let plot_h = h - top - bottom;
         let colors = ["#8c8c8c", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
@@ -116,7 +116,7 @@ impl Report {
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-             <text x=\"{left}\" y=\"22\" font-size=\"15\">{section}: relative to the first datapath (1.0)</text>"
+             <text x=\"{left}\" y=\"22\" font-size=\"15\">{title}</text>"
         );
         for i in 0..=4 {
             let v = max * i as f64 / 4.0;

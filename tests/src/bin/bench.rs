@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: writes target/bench/report.{md,json} and overlay.svg.
+//! `cargo xtask bench [--quick]`: writes target/bench/report.{md,json}, overlay.svg and cpu.svg.
 
 use std::path::Path;
 
@@ -21,8 +21,9 @@ fn main() -> Result<()> {
         let r: Report = serde_json::from_slice(&std::fs::read(f)?)?;
         let out = Path::new(f).with_extension("");
         std::fs::write(out.with_extension("md"), r.markdown())?;
-        let metrics: Vec<(&str, &str)> = overlay::METRICS.to_vec();
-        std::fs::write(out.with_file_name("overlay.svg"), r.svg(overlay::SECTION, &metrics, &overlay::DATAPATHS))?;
+        for (name, svg) in overlay::charts(&r) {
+            std::fs::write(out.with_file_name(name), svg)?;
+        }
         println!("{}", r.markdown());
         return Ok(());
     }
@@ -58,10 +59,9 @@ fn main() -> Result<()> {
     std::fs::write(dir.join(format!("report{suffix}.md")), &md)?;
     std::fs::write(dir.join(format!("report{suffix}.json")), serde_json::to_string_pretty(&r)?)?;
     let mut written = vec![format!("report{suffix}.md"), format!("report{suffix}.json")];
-    if r.rows.iter().any(|row| row.section == overlay::SECTION) {
-        let metrics: Vec<(&str, &str)> = overlay::METRICS.to_vec();
-        std::fs::write(dir.join("overlay.svg"), r.svg(overlay::SECTION, &metrics, &overlay::DATAPATHS))?;
-        written.push("overlay.svg".into());
+    for (name, svg) in overlay::charts(&r) {
+        std::fs::write(dir.join(name), svg)?;
+        written.push(name.into());
     }
     println!("{md}");
     println!("Written in {}: {}", dir.canonicalize()?.display(), written.join(", "));
