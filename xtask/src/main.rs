@@ -47,6 +47,9 @@ enum Cmd {
         /// Run one section only: per-packet, overlay or control-plane.
         #[arg(long)]
         only: Option<String>,
+        /// Also write one flame graph per overlay datapath (perf samples of a TCP round).
+        #[arg(long)]
+        flame: bool,
     },
 }
 
@@ -67,9 +70,12 @@ fn main() -> Result<()> {
             }
             run(&mut c)
         }
-        Cmd::Bench { quick, only } => {
+        Cmd::Bench { quick, only, flame } => {
             build(&root)?;
             toolchain::ensure_packages(packages::BENCH)?;
+            if flame {
+                toolchain::ensure_packages(packages::FLAME)?;
+            }
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "bench", "--"]);
             if quick {
@@ -77,6 +83,9 @@ fn main() -> Result<()> {
             }
             if let Some(o) = only {
                 c.args(["--only", &o]);
+            }
+            if flame {
+                c.arg("--flame");
             }
             run(&mut c)
         }

@@ -8,3 +8,5 @@ pub const DEMO: &[&str] = &["iproute2", "iputils-ping"];
 pub const TEST: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps"];
 /// `cargo xtask bench`: the test tools and iperf3 (throughput and packet rate).
 pub const BENCH: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "iperf3"];
+/// `cargo xtask bench --flame`: perf, to sample every CPU during a TCP round.
+pub const FLAME: &[&str] = &["linux-perf"];

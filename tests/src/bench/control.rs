@@ -164,7 +164,8 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
     Ok(m)
 }
 
-pub fn run(report: &mut Report, quick: bool) -> Result<()> {
+pub fn run(report: &mut Report, opts: &super::Opts) -> Result<()> {
+    let quick = opts.quick;
     let samples = if quick { 3 } else { 10 };
     let big = measure(1000, 10_000, samples)?;
     let small = measure(10, 100, samples)?;

@@ -6,3 +6,17 @@ pub mod cpu;
 pub mod overlay;
 pub mod progrun;
 pub mod report;
+
+/// How a bench run was asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Opts {
+    /// A smoke run: short durations, numbers are rough.
+    pub quick: bool,
+    /// Also write one flame graph per overlay datapath.
+    pub flame: bool,
+}
+
+/// Where reports, charts and flame graphs go.
+pub fn out_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+}

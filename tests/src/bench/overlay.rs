@@ -188,8 +188,8 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn run(report: &mut Report, quick: bool) -> Result<()> {
-    let (secs, rounds) = if quick { (1, 1) } else { (3, 3) };
+pub fn run(report: &mut Report, opts: &super::Opts) -> Result<()> {
+    let (secs, rounds) = if opts.quick { (1, 1) } else { (3, 3) };
     let refname = DATAPATHS[0];
     let mut rigs = Vec::new();
     for dp in DATAPATHS {
@@ -278,7 +278,57 @@ pub fn run(report: &mut Report, quick: bool) -> Result<()> {
         format!("{l:.2}x"),
         l >= 0.9,
     );
+    if opts.flame {
+        // After the measured rounds, so sampling never perturbs them.
+        let mut files = Vec::new();
+        for (rig, dp) in rigs.iter().zip(DATAPATHS) {
+            files.push(flame(rig, dp, secs.max(3)).with_context(|| format!("flame graph of {dp}"))?);
+        }
+        report.meta.insert("flame graphs (TCP 1 stream, every CPU)".into(), files.join(", "));
+    }
     Ok(())
+}
+
+/// A flame graph of the whole machine while one TCP stream runs through `rig`: perf samples of
+/// every CPU (all of a rig runs here), folded and drawn by inferno. Returns the file's name.
+fn flame(rig: &Rig, dp: &str, secs: u32) -> Result<String> {
+    use inferno::{
+        collapse::{perf::Folder, Collapse as _},
+        flamegraph,
+    };
+    // "ours, TC decap" -> "ours-tc-decap"
+    let slug = dp
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_lowercase();
+    let dir = super::out_dir();
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join(format!("perf-{slug}.data"));
+    let mut perf = std::process::Command::new("perf")
+        .args(["record", "-a", "-g", "-F", "499", "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &(secs + 1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf record")?;
+    let run = iperf(rig, &format!("-t {secs}"));
+    let status = perf.wait()?;
+    run?;
+    anyhow::ensure!(status.success(), "perf record failed ({status})");
+    let script = std::process::Command::new("perf").arg("script").arg("-i").arg(&data).output()?;
+    anyhow::ensure!(script.status.success(), "perf script failed: {}", String::from_utf8_lossy(&script.stderr));
+    let _ = std::fs::remove_file(&data);
+    let mut folded = Vec::new();
+    Folder::default().collapse(&script.stdout[..], &mut folded)?;
+    let mut opts = flamegraph::Options::default();
+    opts.title = format!("{dp}: TCP 1 stream, every CPU");
+    let name = format!("flame-{slug}.svg");
+    let out = std::fs::File::create(dir.join(&name))?;
+    flamegraph::from_lines(&mut opts, std::str::from_utf8(&folded)?.lines(), out)?;
+    Ok(name)
 }
 
 /// The report's charts: file name and SVG, for the sections the report has.

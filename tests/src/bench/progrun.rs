@@ -64,7 +64,8 @@ fn single(bed: &mut Bed, prog: &Prog, data: &[u8], calls: u32, verdict: u32) -> 
     Ok(v[v.len() / 2])
 }
 
-pub fn run(report: &mut Report, quick: bool) -> Result<()> {
+pub fn run(report: &mut Report, opts: &super::Opts) -> Result<()> {
+    let quick = opts.quick;
     let mut bed = bed();
     {
         let p: &mut Xdp = bed.dp.ebpf().program_mut(PROG_BENCH_FLOOR).context("floor program")?.try_into()?;

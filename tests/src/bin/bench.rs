@@ -4,16 +4,18 @@ use std::path::Path;
 
 use anyhow::Result;
 use overlay_tests::{
-    bench::{control, overlay, progrun, report::Report},
+    bench::{control, out_dir, overlay, progrun, report::Report, Opts},
     prereq,
 };
 
-/// A section of the report: fills its rows, `quick` for a smoke run.
-type Section = fn(&mut Report, bool) -> Result<()>;
+/// A section of the report: fills its rows.
+type Section = fn(&mut Report, &Opts) -> Result<()>;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    // --flame: one flame graph per overlay datapath, from perf samples of a TCP round.
+    let opts = Opts { quick, flame: args.iter().any(|a| a == "--flame") };
     // --only NAME runs one section (per-packet, overlay, control-plane).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     // --render FILE: redraw the Markdown and the chart of a saved report.json.
@@ -28,6 +30,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     prereq::require(&[prereq::IP, prereq::PING, prereq::ETHTOOL, prereq::IPERF3], "cargo xtask bench")?;
+    if opts.flame {
+        prereq::require(&[prereq::PERF], "cargo xtask bench --flame")?;
+    }
     let mut r = Report::default();
     r.meta.insert(
         "mode".into(),
@@ -47,12 +52,12 @@ fn main() -> Result<()> {
             continue;
         }
         eprintln!("bench: {name}...");
-        if let Err(e) = f(&mut r, quick) {
+        if let Err(e) = f(&mut r, &opts) {
             eprintln!("bench: {name} failed: {e:#}");
             failed.push(name);
         }
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let dir = out_dir();
     std::fs::create_dir_all(&dir)?;
     let md = r.markdown();
     let suffix = only.as_deref().map(|o| format!("-{o}")).unwrap_or_default();
