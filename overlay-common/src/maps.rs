@@ -20,14 +20,50 @@ pub const MAP_NEXTHOPS: &str = "OV_NEXTHOPS";
 pub const MAP_DROPS: &str = "OV_DROPS";
 /// Per-CPU forward counters indexed by `FwdCounter`.
 pub const MAP_FWD: &str = "OV_FWD";
+/// (VNI, VIP, port, protocol) -> `ServiceInfo`: the balanced service behind a VIP port.
+pub const MAP_SERVICES: &str = "OV_SERVICES";
+/// Backend id -> `BackendInfo`. Ids are the values in the lookup tables and in conntrack.
+pub const MAP_BACKENDS: &str = "OV_BACKENDS";
+/// Every service's lookup table side by side (backend ids); `ServiceInfo` says where its
+/// table is. A new table is written beside the old one and switched in one map update.
+pub const MAP_MAGLEV: &str = "OV_MAGLEV";
+/// Connection tracking (LRU): one entry per direction of every balanced flow.
+pub const MAP_CT: &str = "OV_CT";
+/// Per-CPU round-robin cursor of each service (`rr`, `wrr`), by service id.
+pub const MAP_RR: &str = "OV_RR";
+/// Per-CPU traffic counters of each backend (`LbStats`), by backend id.
+pub const MAP_LB_STATS: &str = "OV_LB_STATS";
 
-pub const ALL_MAPS: [&str; 8] =
-    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_LOCAL_IFACES, MAP_NODES, MAP_NEXTHOPS, MAP_DROPS, MAP_FWD];
+pub const ALL_MAPS: [&str; 14] = [
+    MAP_CONFIG,
+    MAP_ENDPOINTS,
+    MAP_NETWORKS,
+    MAP_LOCAL_IFACES,
+    MAP_NODES,
+    MAP_NEXTHOPS,
+    MAP_DROPS,
+    MAP_FWD,
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_CT,
+    MAP_RR,
+    MAP_LB_STATS,
+];
 
 pub const MAX_ENDPOINTS: u32 = 131_072;
 pub const MAX_NETWORKS: u32 = 4_096;
 pub const MAX_LOCAL_IFACES: u32 = 4_096;
 pub const MAX_NODES: u32 = 16_384;
+/// (VIP, port, protocol) keys over all services.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backends over all services; also the size of the per-backend counters.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Lookup-table slots over all services (64 MiB): 10,000 services of 10 backends at 100 slots
+/// a backend, with room to write the largest table beside the one it replaces.
+pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
+/// Conntrack entries (two per flow).
+pub const MAX_CT: u32 = 262_144;
 
 /// Program names as compiled into the object.
 pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
@@ -65,6 +101,12 @@ pub struct EndpointKey {
 
 /// `EndpointInfo::flags`: the endpoint lives on this node.
 pub const EP_LOCAL: u16 = 1;
+/// `EndpointInfo::flags`: a service VIP, not an endpoint: traffic to it is balanced. Its MAC is
+/// `default_mac(vip)` (answered to ARP like an endpoint's).
+pub const EP_VIP: u16 = 2;
+/// `EndpointInfo::flags` (and `LocalIface::flags`): the endpoint backs a service, so what it
+/// sends may be a reply to reverse-NAT.
+pub const EP_BACKEND: u16 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,7 +148,8 @@ pub struct LocalIface {
     /// The endpoint's own IPv4 (network order): the only source address it may use.
     pub ip: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `EP_BACKEND` when the endpoint backs a service.
+    pub flags: u16,
 }
 
 #[repr(C)]
@@ -122,6 +165,105 @@ pub struct NextHop {
     pub smac: [u8; 6],
 }
 
+/// Schedulers (`ServiceInfo::scheduler`). Maglev and sh index the table by a hash (of the flow,
+/// of the client address); rr and wrr walk it with a per-CPU cursor.
+pub const SCHED_MAGLEV: u8 = 0;
+pub const SCHED_SH: u8 = 1;
+pub const SCHED_RR: u8 = 2;
+pub const SCHED_WRR: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceKey {
+    pub vni: u32,
+    /// VIP (network order).
+    pub ip: u32,
+    /// Port (network order, as in the packet).
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceInfo {
+    /// Stable while the service exists: the rr cursor's index.
+    pub id: u32,
+    /// Where the service's table starts in OV_MAGLEV, and its size (0: no backend takes new
+    /// connections).
+    pub offset: u32,
+    pub size: u32,
+    pub scheduler: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendInfo {
+    /// The backend endpoint's address (network order); the port is the VIP port.
+    pub ip: u32,
+    /// Weight 0: draining (in no table; its tracked flows go on).
+    pub weight: u32,
+}
+
+/// A flow as the packet says it (addresses and ports in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `CtEntry::flags`: the entry is the reply direction (backend -> client); its `nat_ip` is the VIP.
+pub const CT_REPLY: u32 = 1;
+/// TCP: a FIN or RST was seen; the flow is closing.
+pub const CT_CLOSING: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtEntry {
+    /// Forward entry: the backend's address. Reply entry: the VIP.
+    pub nat_ip: u32,
+    pub backend: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns of the last packet, refreshed at most once a second.
+    pub last_seen: u64,
+}
+
+/// Idle time after which the agent removes an entry (nanoseconds). Removal never breaks a
+/// flow: its next packet finds the same backend again (the hash picks it), unlike IPVS's
+/// 900 s timeout that silently kills idle connections.
+pub const fn ct_timeout_ns(proto: u8, flags: u32) -> u64 {
+    const S: u64 = 1_000_000_000;
+    match proto {
+        6 if flags & CT_CLOSING != 0 => 10 * S,
+        6 => 6 * 3600 * S,
+        _ => 300 * S,
+    }
+}
+
+/// Per-backend traffic, as ipvsadm --stats counts it: in = towards the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct LbStats {
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub in_bytes: u64,
+    pub out_pkts: u64,
+    pub out_bytes: u64,
+}
+
 // The layout is an ABI between two compilers: a change must be deliberate on both sides.
 const _: () = {
     use core::mem::{offset_of, size_of};
@@ -135,6 +277,12 @@ const _: () = {
     assert!(size_of::<LocalIface>() == 16 && offset_of!(LocalIface, mac) == 8);
     assert!(size_of::<NodeInfo>() == 4);
     assert!(size_of::<NextHop>() == 16 && offset_of!(NextHop, dmac) == 4 && offset_of!(NextHop, smac) == 10);
+    assert!(size_of::<ServiceKey>() == 12 && offset_of!(ServiceKey, port) == 8 && offset_of!(ServiceKey, proto) == 10);
+    assert!(size_of::<ServiceInfo>() == 16 && offset_of!(ServiceInfo, scheduler) == 12);
+    assert!(size_of::<BackendInfo>() == 8);
+    assert!(size_of::<CtKey>() == 16 && offset_of!(CtKey, sport) == 8 && offset_of!(CtKey, proto) == 12);
+    assert!(size_of::<CtEntry>() == 24 && offset_of!(CtEntry, last_seen) == 16);
+    assert!(size_of::<LbStats>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -148,4 +296,10 @@ mod pod {
     unsafe impl aya::Pod for LocalIface {}
     unsafe impl aya::Pod for NodeInfo {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for LbStats {}
 }

@@ -93,6 +93,16 @@ counters! {
         InnerMacMismatch = 25, "inner-mac-mismatch";
         /// Container sent with a source MAC that is not its own.
         SpoofedMac = 26, "spoofed-mac";
+        /// To a VIP on a port and protocol no service balances.
+        NoService = 27, "no-service";
+        /// New connection to a service none of whose backends takes new ones.
+        NoBackend = 28, "no-backend";
+        /// A tracked flow's backend was removed and no reset could be sent in its place.
+        BackendGone = 29, "backend-gone";
+        /// The conntrack map refused an entry.
+        ConntrackFull = 30, "conntrack-full";
+        /// To a VIP with IP options, as a fragment, or neither TCP, UDP nor ICMP echo.
+        VipUnsupported = 31, "vip-unsupported";
     }
 }
 
@@ -116,6 +126,20 @@ counters! {
         PassHost = 5, "pass-host";
         /// ICMP "fragmentation needed" sent back to a container whose DF packet was too big.
         IcmpFragNeeded = 6, "icmp-frag-needed";
+        /// New connection to a VIP: backend picked by the scheduler, DNATed.
+        LbNew = 8, "lb-new";
+        /// Packet of a tracked flow to a VIP, DNATed to its backend.
+        LbForward = 9, "lb-forward";
+        /// Reply from a backend, reverse-NATed to the VIP.
+        LbReverse = 10, "lb-reverse";
+        /// Ping to a VIP, answered.
+        LbEchoReply = 11, "lb-echo-reply";
+        /// TCP to a removed backend: the client got a reset from the VIP.
+        LbReset = 12, "lb-reset";
+        /// UDP to a removed backend: the client got ICMP port unreachable from the VIP.
+        IcmpPortUnreachable = 13, "icmp-port-unreachable";
+        /// Mid-flow packet with no conntrack entry: the hash picked its backend again.
+        LbRepick = 14, "lb-repick";
     }
 }
 
@@ -125,8 +149,8 @@ mod tests {
 
     #[test]
     fn the_tables_are_consistent() {
-        assert_eq!(DropReason::COUNT, 27);
-        assert_eq!(DropReason::ALL.len(), 26);
+        assert_eq!(DropReason::COUNT, 32);
+        assert_eq!(DropReason::ALL.len(), 31);
         assert_eq!(FwdCounter::COUNT as usize, FwdCounter::ALL.len());
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "drop reasons are dense from 1 (0 is reserved)");

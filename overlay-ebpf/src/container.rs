@@ -1,19 +1,21 @@
 //! Container side: what a container sends, classified. The sender must use its own MAC and
-//! IPv4 address; ARP is answered from the maps; IPv4 to an endpoint of its network is delivered
-//! to the local veth or handed to encapsulation; everything else is a counted drop.
+//! IPv4 address; ARP is answered from the maps; IPv4 to a service VIP is balanced (lb.rs);
+//! IPv4 to an endpoint of its network is delivered to the local veth or handed to
+//! encapsulation; everything else is a counted drop.
 
 use core::ptr;
 
 use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    maps::{EndpointKey, LocalIface, EP_LOCAL},
+    maps::{EndpointKey, LocalIface, EP_BACKEND, EP_LOCAL, EP_VIP},
     stats::{DropReason, FwdCounter},
 };
 
 use crate::{
     arp,
     encap::{self, Flow},
+    lb::{self, ToVip},
     maps::{OV_ENDPOINTS, OV_LOCAL_IFACES},
     parse::*,
     stats,
@@ -39,13 +41,13 @@ pub fn from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match u16::from_be(eth.ether_type) {
         ETH_P_ARP => arp::answer(ctx, &iface, ifindex),
-        ETH_P_IP => ipv4(ctx, &pkt, &iface),
+        ETH_P_IP => ipv4(ctx, &pkt, &iface, ifindex),
         _ => Err(DropReason::NotIpv4),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface) -> Result<i32, DropReason> {
+fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface, ifindex: u32) -> Result<i32, DropReason> {
     let ip: *const Ipv4Hdr = pkt.at(ETH_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
     let ip = unsafe { &*ip };
@@ -64,15 +66,16 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface) -> Result<i32, DropRe
         return Err(DropReason::Broadcast);
     }
     // Networks are isolated by construction: only endpoints of the sender's VNI are found.
-    let ep =
+    let mut ep =
         *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }.ok_or(DropReason::UnknownDestination)?;
-    if ep.flags & EP_LOCAL != 0 {
+    if ep.flags & EP_LOCAL != 0 && iface.flags & EP_BACKEND == 0 {
         stats::fwd(FwdCounter::LocalDelivery);
         // Straight into the peer container's ingress, skipping the backlog queue.
         return Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
     }
 
-    let first_fragment = be16(ip.frags) & (IP_MF | IP_OFFSET) == 0;
+    let frags = be16(ip.frags);
+    let first_fragment = frags & (IP_MF | IP_OFFSET) == 0;
     let options = ip.vihl & 0x0f != 5;
     let l4 = (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) && first_fragment && !options;
     // The 4 bytes of ports (TCP, UDP) feed the flow hash; TCP's data offset sizes GSO segments.
@@ -82,14 +85,58 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface) -> Result<i32, DropRe
         IPPROTO_UDP => UDP_LEN as u32,
         _ => 0,
     };
-    let flow = Flow {
+    let mut flow = Flow {
         src,
         dst,
         proto: ip.proto,
         ports: ports.unwrap_or(0),
         tos: ip.tos,
-        df: be16(ip.frags) & IP_DF != 0,
+        df: frags & IP_DF != 0,
         l3_l4_hdr: ((ip.vihl & 0x0f) as u32) * 4 + l4_hdr,
     };
+    let lip = lb::Ip {
+        src,
+        dst,
+        proto: ip.proto,
+        plain: l4 || (ip.proto == IPPROTO_ICMP && first_fragment && !options),
+        tot_len: be16(ip.tot_len),
+    };
+
+    if ep.flags & EP_VIP != 0 {
+        // Too big for the path: the client is told now, from the VIP, before a backend is picked.
+        if let Some(action) = encap::unless_fits(ctx, &flow)? {
+            return Ok(action);
+        }
+        match lb::to_vip(ctx, iface, ifindex, &lip)? {
+            ToVip::Done(action) => return Ok(action),
+            ToVip::Dnat(backend) => {
+                flow.dst = backend;
+                ep = *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: backend }) }
+                    .ok_or(DropReason::BackendGone)?;
+                set_dst_mac(ctx, &ep.mac)?;
+            }
+        }
+    } else if iface.flags & EP_BACKEND != 0 && ep.flags & EP_LOCAL != 0 {
+        // A backend's reply to a client on this node is reverse-NATed here (a remote client's
+        // node does it on decapsulation: the flow is tracked where the client is).
+        ensure_linear(ctx, lb::NEED_LINEAR)?;
+        let pkt = Packet::new(ctx.data(), ctx.data_end());
+        if let Some(rev) = lb::reply_of(&pkt, 0)? {
+            lb::reverse_tc(ctx, &rev)?;
+        }
+    }
+    if ep.flags & EP_LOCAL != 0 {
+        stats::fwd(FwdCounter::LocalDelivery);
+        return Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
+    }
     encap::encap(ctx, iface.vni, &ep, &flow)
+}
+
+#[inline(always)]
+fn set_dst_mac(ctx: &TcContext, mac: &[u8; 6]) -> Result<(), DropReason> {
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let m: *mut [u8; 6] = pkt.at(0).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds-checked above.
+    unsafe { *m = *mac };
+    Ok(())
 }

@@ -14,12 +14,13 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    maps::{Config, EndpointKey, EP_LOCAL},
+    maps::{Config, EndpointKey, EP_BACKEND, EP_LOCAL},
     stats::{DropReason, FwdCounter},
     vxlan::FLAG_I,
 };
 
 use crate::{
+    lb,
     maps::{config, OV_ENDPOINTS, OV_NETWORKS, OV_NODES},
     parse::*,
     stats,
@@ -36,8 +37,9 @@ const MIN_TOT_LEN_IPV4: usize = MIN_TOT_LEN + IPV4_LEN;
 pub enum Verdict {
     /// Not ours: hand to the host stack untouched.
     Pass,
-    /// Ours and valid: strip the outer headers and deliver to this host-side veth.
-    Decap { ifindex: u32 },
+    /// Ours and valid: strip the outer headers and deliver to this host-side veth. `reply`:
+    /// from a service backend, so possibly a reply to reverse-NAT.
+    Decap { ifindex: u32, reply: bool },
 }
 
 /// Decide what an underlay frame is. Frames too short or too odd to be identified as VXLAN to
@@ -145,15 +147,15 @@ fn vxlan(
     // The inner source: an endpoint of this network, hosted on the node that sent the frame.
     // (A network carrying outside clients, the routing mesh's ingress network, will have its
     // own rule here, keyed on connection tracking.)
-    match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.src_addr) }) } {
-        Some(src) if src.flags & EP_LOCAL == 0 && src.vtep == outer_src => {}
+    let reply = match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.src_addr) }) } {
+        Some(src) if src.flags & EP_LOCAL == 0 && src.vtep == outer_src => src.flags & EP_BACKEND != 0,
         Some(_) => return Err(DropReason::VtepMismatch),
         None => return Err(DropReason::UnknownInnerSource),
-    }
+    };
     if inner.dst_addr != dst.mac {
         return Err(DropReason::InnerMacMismatch);
     }
-    Ok(Verdict::Decap { ifindex: dst.ifindex })
+    Ok(Verdict::Decap { ifindex: dst.ifindex, reply })
 }
 
 #[inline(always)]
@@ -170,9 +172,15 @@ pub fn underlay_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
             stats::fwd(FwdCounter::PassHost);
             Ok(xdp_action::XDP_PASS)
         }
-        Verdict::Decap { ifindex } => {
+        Verdict::Decap { ifindex, reply } => {
             if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
                 return Err(DropReason::HelperFailed);
+            }
+            if reply {
+                let pkt = Packet::new(ctx.data(), ctx.data_end());
+                if let Some(rev) = lb::reply_of(&pkt, 0)? {
+                    lb::reverse_xdp(ctx.data(), ctx.data_end(), &rev)?;
+                }
             }
             stats::fwd(FwdCounter::Decap);
             Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
@@ -194,7 +202,7 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
             stats::fwd(FwdCounter::PassHost);
             Ok(TC_ACT_OK as i32)
         }
-        Verdict::Decap { ifindex } => {
+        Verdict::Decap { ifindex, reply } => {
             let inner: [u8; ETH_LEN] = unsafe { *pkt.at::<[u8; ETH_LEN]>(INNER_ETH).ok_or(DropReason::Truncated)? };
             // Removes outer IPv4/UDP/VXLAN and the inner Ethernet header that follow the outer
             // Ethernet header; the inner Ethernet header is then written over the outer one.
@@ -203,6 +211,13 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
             let pkt = Packet::new(ctx.data(), ctx.data_end());
             let eth: *mut [u8; ETH_LEN] = pkt.at(0).ok_or(DropReason::HelperFailed)?;
             unsafe { *eth = inner };
+            if reply {
+                ensure_linear(ctx, lb::NEED_LINEAR)?;
+                let pkt = Packet::new(ctx.data(), ctx.data_end());
+                if let Some(rev) = lb::reply_of(&pkt, 0)? {
+                    lb::reverse_tc(ctx, &rev)?;
+                }
+            }
             stats::fwd(FwdCounter::Decap);
             Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
         }

@@ -72,6 +72,17 @@ pub fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Resul
     }
 }
 
+/// The MTU check alone, for VIP traffic before its DNAT: a frag-needed reply then comes from
+/// the VIP, the address the client knows. `Some(action)`: the packet was too big.
+#[inline(always)]
+pub fn unless_fits(ctx: &TcContext, flow: &Flow) -> Result<Option<i32>, DropReason> {
+    let cfg = *config().ok_or(DropReason::NoConfig)?;
+    if fits_underlay(ctx, &cfg, flow) {
+        return Ok(None);
+    }
+    Ok(Some(too_big(ctx, &cfg, flow)))
+}
+
 /// VTEPs do not fragment: the packet, or each segment of a GSO packet, must fit the underlay
 /// MTU (from the agent's config, no device lookup) once encapsulated.
 #[inline(always)]
@@ -91,7 +102,7 @@ fn too_big(ctx: &TcContext, cfg: &Config, flow: &Flow) -> i32 {
         let mtu = cfg.underlay_mtu.saturating_sub(ENCAP_OVERHEAD) as u16;
         // SAFETY: reading a field of the context the kernel gave us.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        if let Some(action) = icmp::frag_needed(ctx, ifindex, mtu) {
+        if let Some(action) = icmp::unreachable(ctx, ifindex, icmp::CODE_FRAG_NEEDED, mtu, FwdCounter::IcmpFragNeeded) {
             return action;
         }
     }

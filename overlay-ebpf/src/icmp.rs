@@ -1,7 +1,8 @@
-//! "Fragmentation needed": the overlay never fragments, so a DF packet that will not fit the
-//! underlay once encapsulated is turned into an ICMP type 3 code 4 reply carrying the MTU
-//! that fits, sent back into the container. Its path MTU shrinks and it resends smaller
-//! (RFC 1191), instead of the flow silently stalling.
+//! "Destination unreachable" back into the container that sent a packet. "Fragmentation
+//! needed": the overlay never fragments, so a DF packet that will not fit the underlay once
+//! encapsulated is answered with the MTU that fits; its path MTU shrinks and it resends smaller
+//! (RFC 1191), instead of the flow silently stalling. "Port unreachable": a UDP flow to a VIP
+//! whose backend was removed.
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -12,55 +13,74 @@ use overlay_common::stats::FwdCounter;
 
 use crate::{hdr, parse::*, stats};
 
-const IPPROTO_ICMP: u8 = 1;
+pub const CODE_PORT_UNREACHABLE: u8 = 3;
+pub const CODE_FRAG_NEEDED: u8 = 4;
 
 const ICMP_LEN: usize = 8;
 /// What the reply quotes of the packet: its IPv4 header and the first 8 bytes after it.
 const QUOTE_LEN: usize = IPV4_LEN + 8;
 const REPLY_LEN: usize = ETH_LEN + IPV4_LEN + ICMP_LEN + QUOTE_LEN;
 
-/// Rewrite the packet into the ICMP reply and send it back out the veth it came in on.
-/// `None` when the packet cannot be turned into one (the caller then just drops it).
+/// Rewrite the packet into an ICMP destination unreachable (`code`; `mtu` for frag-needed)
+/// from the address it was sent to, and send it back out the veth it came in on. `None` when
+/// the packet cannot be turned into one (the caller then just drops it).
 #[inline(always)]
-pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Option<i32> {
+pub fn unreachable(ctx: &TcContext, ifindex: u32, code: u8, mtu: u16, counter: FwdCounter) -> Option<i32> {
+    let r = unreachable_frame(ctx, ifindex, (code as u32) << 16 | mtu as u32, counter as u32);
+    if r < 0 {
+        None
+    } else {
+        Some(r as i32)
+    }
+}
+
+/// Out of line: a cold path whose buffers would otherwise share the caller's 512-byte stack.
+/// BPF calls take five register arguments and return one: no `Option`, a negative result
+/// means "no reply".
+#[inline(never)]
+fn unreachable_frame(ctx: &TcContext, ifindex: u32, code_mtu: u32, counter: u32) -> i64 {
+    match build(ctx, ifindex, (code_mtu >> 16) as u8, code_mtu as u16, counter) {
+        Some(a) => a as i64,
+        None => -1,
+    }
+}
+
+#[inline(always)]
+fn build(ctx: &TcContext, ifindex: u32, code: u8, mtu: u16, counter: u32) -> Option<i32> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let eth: [u8; ETH_LEN] = unsafe { *pkt.at::<[u8; ETH_LEN]>(0)? };
-    let quote: [u8; QUOTE_LEN] = unsafe { *pkt.at::<[u8; QUOTE_LEN]>(ETH_LEN)? };
-    if quote[0] != 0x45 {
+    let macs: [u8; 12] = unsafe { *pkt.at::<[u8; 12]>(0)? };
+    let head: [u8; IPV4_LEN] = unsafe { *pkt.at::<[u8; IPV4_LEN]>(ETH_LEN)? };
+    if head[0] != 0x45 {
         return None;
     }
+    // From the address the packet was for: the container's stack matches the quote anyway.
+    let to = u32::from_ne_bytes([head[12], head[13], head[14], head[15]]);
+    let from = u32::from_ne_bytes([head[16], head[17], head[18], head[19]]);
     // Keep Ethernet + the quoted bytes (this also ends any GSO), then open room for the new
-    // IPv4 and ICMP headers right after the Ethernet header.
+    // IPv4 and ICMP headers right after the Ethernet header: the quote is then in place.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_LEN + QUOTE_LEN) as u32, 0) } != 0 {
         return None;
     }
     ctx.adjust_room((IPV4_LEN + ICMP_LEN) as i32, BPF_ADJ_ROOM_MAC, 0).ok()?;
 
-    let mut icmp = [0u8; ICMP_LEN + QUOTE_LEN];
-    icmp[0] = 3; // destination unreachable
-    icmp[1] = 4; // fragmentation needed and DF set
-    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-    icmp[8..].copy_from_slice(&quote);
-    let c = hdr::csum(&icmp, 2);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-
-    // From the address the packet was for: the container's stack matches the quote anyway.
-    let (to, from) = (
-        u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]),
-        u32::from_ne_bytes([quote[16], quote[17], quote[18], quote[19]]),
-    );
-    let tot_len = (IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16;
-    let mut out = [0u8; REPLY_LEN];
-    out[0..14].copy_from_slice(&hdr::eth(
-        &[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
-        &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
-        ETH_P_IP,
-    ));
-    out[14..34].copy_from_slice(&hdr::ipv4(0xc0, tot_len, 0, IPPROTO_ICMP, from, to));
-    out[34..].copy_from_slice(&icmp);
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let dst: *mut [u8; REPLY_LEN] = pkt.at(0)?;
-    unsafe { *dst = out };
-    stats::fwd(FwdCounter::IcmpFragNeeded);
+    let out: *mut [u8; REPLY_LEN] = pkt.at(0)?;
+    // SAFETY: the reply's bytes were bounds-checked above. Headers are written in place (a
+    // stack copy of the reply would not fit beside the caller's frame).
+    unsafe {
+        let o = &mut *out;
+        o[0..6].copy_from_slice(&macs[6..12]);
+        o[6..12].copy_from_slice(&macs[0..6]);
+        o[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let tot_len = (IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16;
+        o[14..34].copy_from_slice(&hdr::ipv4(0xc0, tot_len, 0, IPPROTO_ICMP, from, to));
+        o[34] = 3; // destination unreachable
+        o[35] = code;
+        o[36..40].copy_from_slice(&[0; 4]);
+        o[40..42].copy_from_slice(&mtu.to_be_bytes());
+        let c = hdr::csum(&*o.as_ptr().add(34).cast::<[u8; ICMP_LEN + QUOTE_LEN]>(), 2);
+        o[36..38].copy_from_slice(&c.to_be_bytes());
+    }
+    stats::fwd_index(counter);
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }

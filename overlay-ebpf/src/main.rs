@@ -9,7 +9,8 @@ mod container; // container side: what a container sends (MAC/IP checks, local d
 mod decap; // underlay side: VXLAN to us, checked, to the local container
 mod encap; // MTU check, next hop, outer headers
 mod hdr; // header builders shared by encap and icmp
-mod icmp; // "fragmentation needed" back to the sender
+mod icmp; // "destination unreachable" back to the sender
+mod lb; // service VIPs: conntrack, schedulers, DNAT and reverse NAT
 mod maps; // every map
 mod parse; // bounds-checked access, header sizes
 mod stats; // per-CPU counters

@@ -5,12 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use overlay_common::{
     maps::{
-        self as abi, Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NextHop, NodeInfo, MAX_ENDPOINTS,
-        MAX_LOCAL_IFACES, MAX_NETWORKS, MAX_NODES,
+        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LbStats, LocalIface, NetworkInfo,
+        NextHop, NodeInfo, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_LOCAL_IFACES,
+        MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_SERVICES,
     },
     stats::{DropReason, FwdCounter},
 };
@@ -47,6 +48,30 @@ pub static OV_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason
 #[map(name = "OV_FWD")]
 pub static OV_FWD: PerCpuArray<u64> = PerCpuArray::with_max_entries(FwdCounter::COUNT, 0);
 
+/// (VNI, VIP, port, protocol) -> the service balancing it.
+#[map(name = "OV_SERVICES")]
+pub static OV_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id -> its address.
+#[map(name = "OV_BACKENDS")]
+pub static OV_BACKENDS: HashMap<u32, BackendInfo> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// All services' lookup tables (backend ids), side by side.
+#[map(name = "OV_MAGLEV")]
+pub static OV_MAGLEV: Array<u32> = Array::with_max_entries(MAX_MAGLEV_SLOTS, 0);
+
+/// Connection tracking of balanced flows, both directions.
+#[map(name = "OV_CT")]
+pub static OV_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT, 0);
+
+/// Round-robin cursor per service id, per CPU.
+#[map(name = "OV_RR")]
+pub static OV_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Traffic per backend id, per CPU.
+#[map(name = "OV_LB_STATS")]
+pub static OV_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -71,7 +96,13 @@ const _: () = {
     assert!(same("OV_NEXTHOPS", abi::MAP_NEXTHOPS));
     assert!(same("OV_DROPS", abi::MAP_DROPS));
     assert!(same("OV_FWD", abi::MAP_FWD));
-    assert!(abi::ALL_MAPS.len() == 8, "a map was added: check its name here");
+    assert!(same("OV_SERVICES", abi::MAP_SERVICES));
+    assert!(same("OV_BACKENDS", abi::MAP_BACKENDS));
+    assert!(same("OV_MAGLEV", abi::MAP_MAGLEV));
+    assert!(same("OV_CT", abi::MAP_CT));
+    assert!(same("OV_RR", abi::MAP_RR));
+    assert!(same("OV_LB_STATS", abi::MAP_LB_STATS));
+    assert!(abi::ALL_MAPS.len() == 14, "a map was added: check its name here");
 };
 
 #[inline(always)]

@@ -13,7 +13,13 @@ pub fn drop(reason: DropReason) {
 
 #[inline(always)]
 pub fn fwd(counter: FwdCounter) {
-    if let Some(c) = OV_FWD.get_ptr_mut(counter as u32) {
+    fwd_index(counter as u32)
+}
+
+/// `fwd` by index, for out-of-line functions that take the counter as a plain register.
+#[inline(always)]
+pub fn fwd_index(counter: u32) {
+    if let Some(c) = OV_FWD.get_ptr_mut(counter) {
         unsafe { *c += 1 };
     }
 }

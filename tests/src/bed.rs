@@ -73,7 +73,7 @@ pub fn bed() -> Bed {
     c.nodes.insert(k(THIRD_IP), NodeInfo { _reserved: 0 });
     c.networks.insert(VNI, NetworkInfo { mtu: 1450, _reserved: 0 });
     c.networks.insert(VNI2, NetworkInfo { mtu: 1450, _reserved: 0 });
-    c.local_ifaces.insert(A_IFINDEX, LocalIface { vni: VNI, ip: k(A), mac: MAC_A, _pad: [0; 2] });
+    c.local_ifaces.insert(A_IFINDEX, LocalIface { vni: VNI, ip: k(A), mac: MAC_A, flags: 0 });
     let local = |ifindex, mac| EndpointInfo { mac, flags: EP_LOCAL, ifindex, vtep: 0 };
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(A) }, local(A_IFINDEX, MAC_A));
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(C) }, local(C_IFINDEX, [2, 0x42, 10, 0, 9, 5]));

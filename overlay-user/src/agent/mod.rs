@@ -103,6 +103,11 @@ impl Agent {
         &self.node
     }
 
+    /// Remove idle conntrack entries (see `Datapath::sweep_conntrack`).
+    pub fn sweep_conntrack(&mut self) -> Result<usize> {
+        self.dp.sweep_conntrack()
+    }
+
     /// Make this node match `state` as far as it can: endpoints that cannot be plumbed are
     /// reported in the result and left out of the maps; everything else is applied.
     /// An error means nothing was applied (the state does not fit this node at all).
@@ -129,7 +134,7 @@ impl Agent {
         }
 
         // 2. Maps: the whole cluster as this node sees it, and the next hop to each other node.
-        let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed)?;
+        let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed, &self.current)?;
         desired.nexthops = self.nexthops(&desired).await?;
         report.map_writes = self.dp.apply(&self.current, &desired)?;
         self.current = desired;
@@ -159,9 +164,14 @@ impl Agent {
 
         // Retries and repair passes that change nothing leave the record (and its readers) alone.
         let changed = report.plumbed + report.unplumbed + report.map_writes > 0;
-        if changed || self.record.state_hash != revision || self.record.failed != report.failed {
+        if changed
+            || self.record.state_hash != revision
+            || self.record.failed != report.failed
+            || self.record.services != self.current.views
+        {
             self.record.state_hash = revision.to_string();
             self.record.failed = report.failed.clone();
+            self.record.services = self.current.views.clone();
             self.record.generation += 1;
             self.record.save(&self.paths.record_file())?;
         }

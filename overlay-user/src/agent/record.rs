@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::DecapMode,
+    datapath::{DecapMode, ServiceView},
     netlink::Underlay,
     plumb::{Plumbed, VethSpec},
 };
@@ -46,6 +46,9 @@ pub struct Record {
     /// retries them while everything else stays applied.
     #[serde(default)]
     pub failed: BTreeMap<String, String>,
+    /// The balanced services as applied, with names (the maps hold only ids), for the CLI.
+    #[serde(default)]
+    pub services: Vec<ServiceView>,
     pub generation: u64,
 }
 

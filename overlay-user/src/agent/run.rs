@@ -15,6 +15,8 @@ use super::{Agent, ReconcileReport, StateSource, Version};
 use crate::{datapath::DecapMode, netlink::Changes, state::ClusterState};
 
 const RETRY: Duration = Duration::from_secs(2);
+/// How often idle conntrack entries are removed (their timeouts are seconds to hours).
+const SWEEP: Duration = Duration::from_secs(10);
 
 pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap: Option<DecapMode>) -> Result<()> {
     let first = source.first().await?;
@@ -27,12 +29,19 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
     let mut changes = Changes::subscribe()?;
     let mut tick = tokio::time::interval(RETRY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             v = source.next() => follow.offer(&mut agent, v?).await,
             _ = tick.tick() => follow.tick(&mut agent).await,
+            _ = sweep.tick() => match agent.sweep_conntrack() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "idle conntrack entries removed"),
+                Err(e) => warn!("conntrack sweep failed (retried in {SWEEP:?}): {e:#}"),
+            },
             c = changes.next() => {
                 c?;
                 if let Err(e) = agent.refresh_nexthops().await {

@@ -1,8 +1,10 @@
 //! The command line: one file per verb. Each verb parses its arguments and calls the library.
 
 mod check;
+mod conntrack;
 mod down;
 mod run;
+mod services;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -24,6 +26,8 @@ enum Cmd {
     Run(run::Args),
     Down(down::Args),
     Stats(stats::Args),
+    Services(services::Args),
+    Conntrack(conntrack::Args),
 }
 
 impl Cli {
@@ -33,6 +37,8 @@ impl Cli {
             Cmd::Run(a) => run::main(a),
             Cmd::Down(a) => down::main(a),
             Cmd::Stats(a) => stats::main(a),
+            Cmd::Services(a) => services::main(a),
+            Cmd::Conntrack(a) => conntrack::main(a),
         }
     }
 }

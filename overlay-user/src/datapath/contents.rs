@@ -29,6 +29,7 @@ pub fn desired_contents(
     node: &str,
     underlay: &Underlay,
     plumbed: &BTreeMap<String, Plumbed>,
+    current: &Contents,
 ) -> Result<Contents> {
     let me = state.node(node).ok_or_else(|| anyhow!("node {node} is not in the state"))?;
     let mut c = Contents {
@@ -53,7 +54,7 @@ pub fn desired_contents(
         let key = EndpointKey { vni: net.vni, ip: ip_key(ep.ip) };
         let info = if ep.node == node {
             let Some(p) = plumbed.get(&ep.name) else { continue };
-            let iface = LocalIface { vni: net.vni, ip: ip_key(ep.ip), mac: ep.mac, _pad: [0; 2] };
+            let iface = LocalIface { vni: net.vni, ip: ip_key(ep.ip), mac: ep.mac, flags: 0 };
             c.local_ifaces.insert(p.host_ifindex, iface);
             EndpointInfo { mac: ep.mac, flags: EP_LOCAL, ifindex: p.host_ifindex, vtep: 0 }
         } else {
@@ -62,6 +63,7 @@ pub fn desired_contents(
         };
         c.endpoints.insert(key, info);
     }
+    super::services::add_services(state, &mut c, current)?;
     Ok(c)
 }
 
@@ -123,7 +125,8 @@ netns = "/run/netns/d1"
     #[test]
     fn one_node_sees_local_veths_and_remote_vteps() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21), ("db.1", 22)])).unwrap();
+        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21), ("db.1", 22)]), &Contents::default())
+            .unwrap();
         assert_eq!(c.config.node_ip, u32::from_ne_bytes([192, 168, 50, 11]));
         assert_eq!((c.config.underlay_ifindex, c.config.underlay_mtu, c.config.vxlan_port), (7, 1500, 4790));
         // Default MTU is the underlay's minus 50; a configured one is kept.
@@ -143,7 +146,7 @@ netns = "/run/netns/d1"
     #[test]
     fn the_other_node_sees_the_mirror_image() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "b", &underlay(), &plumbed(&[("web.2", 5)])).unwrap();
+        let c = desired_contents(&s, "b", &underlay(), &plumbed(&[("web.2", 5)]), &Contents::default()).unwrap();
         assert_eq!(c.endpoints[&key(4097, [10, 0, 9, 3])].vtep, u32::from_ne_bytes([192, 168, 50, 11]));
         assert_eq!(c.endpoints[&key(4097, [10, 0, 9, 4])].flags, EP_LOCAL);
         assert_eq!(c.local_ifaces.len(), 1);
@@ -152,9 +155,9 @@ netns = "/run/netns/d1"
     #[test]
     fn unplumbed_local_endpoints_stay_out_of_the_maps() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21)])).unwrap();
+        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21)]), &Contents::default()).unwrap();
         assert!(!c.endpoints.contains_key(&key(4098, [10, 0, 10, 3])));
         assert_eq!(c.local_ifaces.len(), 1);
-        assert!(desired_contents(&s, "nope", &underlay(), &plumbed(&[])).is_err());
+        assert!(desired_contents(&s, "nope", &underlay(), &plumbed(&[]), &Contents::default()).is_err());
     }
 }

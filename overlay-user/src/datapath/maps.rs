@@ -1,16 +1,22 @@
 //! Map contents: read what the maps hold, and bring them to what the agent wants as a diff.
 
-use std::hash::Hash;
+use std::{
+    hash::Hash,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map},
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, PerCpuValues},
     Pod,
 };
 use overlay_common::maps::*;
 use rustc_hash::FxHashMap;
 
-use super::Datapath;
+use super::{
+    services::{ServiceView, Table},
+    Datapath,
+};
 
 /// Everything the datapath maps hold, as the agent computes it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -21,6 +27,13 @@ pub struct Contents {
     pub local_ifaces: FxHashMap<u32, LocalIface>,
     pub nodes: FxHashMap<u32, NodeInfo>,
     pub nexthops: FxHashMap<u32, NextHop>,
+    pub services: FxHashMap<ServiceKey, ServiceInfo>,
+    pub backends: FxHashMap<u32, BackendInfo>,
+    /// Lookup tables by service id. Not read back after a restart: each is then rewritten to
+    /// free space (tables are deterministic, so flows keep their backends).
+    pub tables: FxHashMap<u32, Table>,
+    /// The services with names, for the CLI (not in the maps).
+    pub views: Vec<ServiceView>,
 }
 
 impl Datapath {
@@ -36,7 +49,20 @@ impl Datapath {
         let local_ifaces = read_hash::<u32, LocalIface>(self.map_mut(MAP_LOCAL_IFACES)?)?;
         let nodes = read_hash::<u32, NodeInfo>(self.map_mut(MAP_NODES)?)?;
         let nexthops = read_hash::<u32, NextHop>(self.map_mut(MAP_NEXTHOPS)?)?;
-        Ok(Contents { config, networks, endpoints, local_ifaces, nodes, nexthops })
+        let services = read_hash::<ServiceKey, ServiceInfo>(self.map_mut(MAP_SERVICES)?)?;
+        let backends = read_hash::<u32, BackendInfo>(self.map_mut(MAP_BACKENDS)?)?;
+        Ok(Contents {
+            config,
+            networks,
+            endpoints,
+            local_ifaces,
+            nodes,
+            nexthops,
+            services,
+            backends,
+            tables: FxHashMap::default(),
+            views: Vec::new(),
+        })
     }
 
     /// Bring the maps from `current` to `desired`. Removals first: the entries are going
@@ -54,8 +80,38 @@ impl Datapath {
         writes += diff_hash(self.map_mut(MAP_NETWORKS)?, &current.networks, &desired.networks, MAP_NETWORKS)?;
         writes +=
             diff_hash(self.map_mut(MAP_LOCAL_IFACES)?, &current.local_ifaces, &desired.local_ifaces, MAP_LOCAL_IFACES)?;
+        // Services: backends, then tables, then the keys that point at them, then the VIPs
+        // that lead there; removals in the reverse order. A packet never finds a VIP without
+        // its service, a service without its table, or a table entry without its backend.
+        let new_backends: Vec<u32> =
+            desired.backends.keys().filter(|id| !current.backends.contains_key(id)).copied().collect();
+        self.zero_lb_stats(&new_backends)?;
+        writes += upsert_hash(self.map_mut(MAP_BACKENDS)?, &current.backends, &desired.backends, MAP_BACKENDS)?;
+        for (id, t) in &desired.tables {
+            if current.tables.get(id) != Some(t) {
+                write_table(self.map_mut(MAP_MAGLEV)?, t)?;
+                writes += 1;
+            }
+        }
+        writes += upsert_hash(self.map_mut(MAP_SERVICES)?, &current.services, &desired.services, MAP_SERVICES)?;
         writes += diff_hash(self.map_mut(MAP_ENDPOINTS)?, &current.endpoints, &desired.endpoints, MAP_ENDPOINTS)?;
+        writes += remove_hash(self.map_mut(MAP_SERVICES)?, &current.services, &desired.services, MAP_SERVICES)?;
+        writes += remove_hash(self.map_mut(MAP_BACKENDS)?, &current.backends, &desired.backends, MAP_BACKENDS)?;
         Ok(writes)
+    }
+
+    /// A backend id handed to a new backend starts its counters from zero.
+    fn zero_lb_stats(&mut self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let mut m = PerCpuArray::<_, LbStats>::try_from(self.map_mut(MAP_LB_STATS)?)?;
+        for id in ids {
+            m.set(*id, PerCpuValues::try_from(vec![LbStats::default(); cpus])?, 0)
+                .with_context(|| format!("zeroing the counters of backend {id}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -78,6 +134,90 @@ fn read_hash<K: Pod + Eq + Hash, V: Pod>(map: &mut Map) -> Result<FxHashMap<K, V
         out.insert(k, v);
     }
     Ok(out)
+}
+
+fn upsert_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    map: &mut Map,
+    current: &FxHashMap<K, V>,
+    desired: &FxHashMap<K, V>,
+    name: &str,
+) -> Result<usize> {
+    let mut m = BpfHashMap::<_, K, V>::try_from(map)?;
+    let mut writes = 0;
+    for (k, v) in desired {
+        if current.get(k) != Some(v) {
+            m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+            writes += 1;
+        }
+    }
+    Ok(writes)
+}
+
+fn remove_hash<K: Pod + Eq + Hash, V: Pod>(
+    map: &mut Map,
+    current: &FxHashMap<K, V>,
+    desired: &FxHashMap<K, V>,
+    name: &str,
+) -> Result<usize> {
+    let mut m = BpfHashMap::<_, K, V>::try_from(map)?;
+    let mut writes = 0;
+    for k in current.keys() {
+        if !desired.contains_key(k) {
+            match m.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing from {name}")),
+            }
+            writes += 1;
+        }
+    }
+    Ok(writes)
+}
+
+/// Write a table with BPF_MAP_UPDATE_BATCH: one system call for a table of thousands of slots
+/// (one update each would take seconds for 10,000 services).
+fn write_table(map: &mut Map, t: &Table) -> Result<()> {
+    let fd = match map {
+        Map::Array(d) => d.fd().as_fd().as_raw_fd(),
+        _ => bail!("{MAP_MAGLEV} is not an array"),
+    };
+    let keys: Vec<u32> = (t.offset..t.offset + t.entries.len() as u32).collect();
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    for (k, v) in keys.chunks(1 << 16).zip(t.entries.chunks(1 << 16)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` points at `keys` and `values`, alive for the call; the kernel reads
+        // `count` of each.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("writing {} slots of {MAP_MAGLEV} at {}", k.len(), k[0]));
+        }
+    }
+    Ok(())
 }
 
 fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(

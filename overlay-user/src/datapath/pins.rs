@@ -35,7 +35,7 @@ struct Layout {
     max: u32,
 }
 
-fn layouts() -> [Layout; 8] {
+fn layouts() -> [Layout; 14] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
@@ -64,6 +64,36 @@ fn layouts() -> [Layout; 8] {
         Layout { name: MAP_NEXTHOPS, kind: MapType::Hash, key: 4, value: size_of::<NextHop>() as u32, max: MAX_NODES },
         Layout { name: MAP_DROPS, kind: MapType::PerCpuArray, key: 4, value: 8, max: DropReason::COUNT },
         Layout { name: MAP_FWD, kind: MapType::PerCpuArray, key: 4, value: 8, max: FwdCounter::COUNT },
+        Layout {
+            name: MAP_SERVICES,
+            kind: MapType::Hash,
+            key: size_of::<ServiceKey>() as u32,
+            value: size_of::<ServiceInfo>() as u32,
+            max: MAX_SERVICES,
+        },
+        Layout {
+            name: MAP_BACKENDS,
+            kind: MapType::Hash,
+            key: 4,
+            value: size_of::<BackendInfo>() as u32,
+            max: MAX_BACKENDS,
+        },
+        Layout { name: MAP_MAGLEV, kind: MapType::Array, key: 4, value: 4, max: MAX_MAGLEV_SLOTS },
+        Layout {
+            name: MAP_CT,
+            kind: MapType::LruHash,
+            key: size_of::<CtKey>() as u32,
+            value: size_of::<CtEntry>() as u32,
+            max: MAX_CT,
+        },
+        Layout { name: MAP_RR, kind: MapType::PerCpuArray, key: 4, value: 4, max: MAX_SERVICES },
+        Layout {
+            name: MAP_LB_STATS,
+            kind: MapType::PerCpuArray,
+            key: 4,
+            value: size_of::<LbStats>() as u32,
+            max: MAX_BACKENDS,
+        },
     ]
 }
 

@@ -15,7 +15,7 @@ use super::{
 /// milliseconds for 10,000 endpoints); an edit usually touches a few tables.
 ///
 /// The fast path is taken only when its result must equal a full parse: the file is split at
-/// lines that are exactly one of the four table headers, there are no top-level keys before
+/// lines that are exactly one of the top-level table headers, there are no top-level keys before
 /// the first header and no multi-line strings, and `[cluster]` appears at most once. Anything
 /// else, including any error, goes through the full parser (whose errors carry line numbers).
 #[derive(Default)]
@@ -23,7 +23,9 @@ pub struct IncrementalParser {
     cache: FxHashMap<String, RawState>,
 }
 
-const HEADERS: [&str; 4] = ["[cluster]", "[[nodes]]", "[[networks]]", "[[endpoints]]"];
+// A line inside a value (a multi-line array of inline tables) is never exactly one of these:
+// a header is not a TOML value. Sub-tables (`[[services.backends]]`) stay in their service's block.
+const HEADERS: [&str; 5] = ["[cluster]", "[[nodes]]", "[[networks]]", "[[endpoints]]", "[[services]]"];
 
 fn is_header(line: &str) -> bool {
     if !line.trim_start().starts_with('[') {

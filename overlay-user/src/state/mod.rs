@@ -7,6 +7,7 @@ mod error;
 mod incremental;
 mod local;
 mod raw;
+mod services;
 mod validate;
 mod values;
 
@@ -23,6 +24,25 @@ pub use values::{format_mac, parse_mac, valid_node_name};
 /// file's size in memory, and a bad config must never take a node down. 8 MiB holds about
 /// 100,000 endpoints.
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
+
+/// `[cluster] maglev_slots_per_backend` when absent: at 2,000 slots a backend, adding or
+/// removing one moves under 1% more flows than it must (`maglev::MIN_SLOTS_FOR_1PCT_DISRUPTION`).
+pub const DEFAULT_MAGLEV_SLOTS_PER_BACKEND: u32 = 2000;
+/// Fewer slots a backend balance unevenly and move more flows on a change; more cost memory
+/// for little gain.
+pub const MIN_MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
+pub const MAX_MAGLEV_SLOTS_PER_BACKEND: u32 = 5000;
+
+// The datapath's map sizes for services: same names and values as in `overlay_common::maps`,
+// where they are to move.
+
+/// (VIP, port) pairs over all services: one service-map key each.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backends over all vip-mode services: one backend-map entry each.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Lookup-table slots over all services, with room to write the largest table beside the one
+/// it replaces.
+pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -83,7 +103,124 @@ pub struct Endpoint {
     pub ifname: String,
 }
 
-/// A validated state. Cross-references (network, node) are known to resolve.
+/// How a service is reached: one virtual IP balanced over its tasks, or its name resolving to
+/// the tasks' own addresses (Docker's `--endpoint-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointMode {
+    Vip,
+    Dnsrr,
+}
+
+impl EndpointMode {
+    pub const ALL: [EndpointMode; 2] = [EndpointMode::Vip, EndpointMode::Dnsrr];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+    }
+}
+
+/// How a vip-mode service picks a backend for a new flow: Maglev hash of the flow, hash of the
+/// source address, round robin, weighted round robin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    Maglev,
+    Sh,
+    Rr,
+    Wrr,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 4] = [Scheduler::Maglev, Scheduler::Sh, Scheduler::Rr, Scheduler::Wrr];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::Sh => "sh",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+    /// The IP protocol number, as in the IPv4 header.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for EndpointMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port balanced on every VIP of its service; backends receive it unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub protocol: Protocol,
+    pub target: u16,
+}
+
+/// A service's address on one network (at most one a network).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceVip {
+    pub network: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// An endpoint's name; an endpoint backs at most one service.
+    pub endpoint: String,
+    /// Relative share of new flows; 0 drains the backend (its tracked flows go on).
+    pub weight: u32,
+}
+
+/// A validated service: its VIPs, ports and backends resolve, and in vip mode every backend is on
+/// a network the service has a VIP on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub endpoint_mode: EndpointMode,
+    /// Meaningful in vip mode only.
+    pub scheduler: Scheduler,
+    /// Empty in dnsrr mode.
+    pub vips: Vec<ServiceVip>,
+    pub ports: Vec<ServicePort>,
+    pub backends: Vec<Backend>,
+}
+
+/// A validated state. Cross-references (network, node, endpoint) are known to resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterState {
     pub vxlan_port: u16,
@@ -91,6 +228,9 @@ pub struct ClusterState {
     pub networks: BTreeMap<String, Network>,
     /// Large (10,000s): hashed, not ordered.
     pub endpoints: FxHashMap<String, Endpoint>,
+    pub services: BTreeMap<String, Service>,
+    /// Maglev table slots per backend of each vip-mode service (before rounding up to a prime).
+    pub maglev_slots_per_backend: u32,
 }
 
 impl ClusterState {

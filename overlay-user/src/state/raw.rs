@@ -13,12 +13,15 @@ pub(super) struct RawState {
     pub networks: Vec<RawNetwork>,
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    pub services: Vec<RawService>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
     pub vxlan_port: Option<i64>,
+    pub maglev_slots_per_backend: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -50,6 +53,43 @@ pub(super) struct RawEndpoint {
     pub ifname: Option<String>,
 }
 
+/// Keywords (`endpoint_mode`, `scheduler`, `protocol`) stay strings here so that validation, not
+/// serde, refuses a misspelling, naming the field and the allowed values.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub name: String,
+    pub endpoint_mode: Option<String>,
+    pub scheduler: Option<String>,
+    #[serde(default)]
+    pub vips: Vec<RawVip>,
+    #[serde(default)]
+    pub ports: Vec<RawPort>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub network: String,
+    pub ip: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPort {
+    pub protocol: String,
+    pub target: i64,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub endpoint: String,
+    pub weight: Option<i64>,
+}
+
 /// Borrowed view of one or more parsed tables, in file order: validation reads this, so tables
 /// cached by the incremental parser are never copied.
 #[derive(Default)]
@@ -58,6 +98,7 @@ pub(super) struct RawRefs<'a> {
     pub nodes: Vec<&'a RawNode>,
     pub networks: Vec<&'a RawNetwork>,
     pub endpoints: Vec<&'a RawEndpoint>,
+    pub services: Vec<&'a RawService>,
 }
 
 impl<'a> RawRefs<'a> {
@@ -68,5 +109,6 @@ impl<'a> RawRefs<'a> {
         self.nodes.extend(r.nodes.iter());
         self.networks.extend(r.networks.iter());
         self.endpoints.extend(r.endpoints.iter());
+        self.services.extend(r.services.iter());
     }
 }

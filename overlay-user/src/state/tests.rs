@@ -228,3 +228,356 @@ fn oversized_files_are_refused_before_parsing() {
     assert!(matches!(err, StateError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("limit"), "{err}");
 }
+
+// Services. `SERVICES` follows `GOOD`: a second network, three more endpoints, a vip-mode
+// service and a dnsrr one.
+
+const SERVICES: &str = r#"
+[[networks]]
+name = "db-net"
+vni = 4098
+subnet = "10.0.10.0/24"
+
+[[endpoints]]
+name = "db.1"
+network = "db-net"
+node = "node-a"
+ip = "10.0.10.3"
+
+[[endpoints]]
+name = "db.2"
+network = "db-net"
+node = "node-b"
+ip = "10.0.10.4"
+
+[[endpoints]]
+name = "api.1"
+network = "app-net"
+node = "node-a"
+ip = "10.0.9.5"
+
+[[services]]
+name = "web"
+vips = [ { network = "app-net", ip = "10.0.9.2" } ]
+ports = [ { protocol = "tcp", target = 80 }, { protocol = "udp", target = 53 } ]
+backends = [ { endpoint = "web.1", weight = 3 }, { endpoint = "web.2" } ]
+
+[[services]]
+name = "db"
+endpoint_mode = "dnsrr"
+backends = [ { endpoint = "db.1" }, { endpoint = "db.2", weight = 0 } ]
+"#;
+
+fn with_services() -> String {
+    format!("{GOOD}{SERVICES}")
+}
+
+/// The file with `SERVICES`' web service replaced by `web`, written as one `[[services]]` table.
+fn with_web(web: &str) -> String {
+    let start = SERVICES.find("[[services]]\nname = \"web\"").unwrap();
+    let end = SERVICES.find("[[services]]\nname = \"db\"").unwrap();
+    format!("{GOOD}{}[[services]]\n{web}\n\n{}", &SERVICES[..start], &SERVICES[end..])
+}
+
+const WEB: &str = r#"name = "web"
+vips = [ { network = "app-net", ip = "10.0.9.2" } ]
+ports = [ { protocol = "tcp", target = 80 } ]
+backends = [ { endpoint = "web.1" }, { endpoint = "web.2" } ]"#;
+
+#[test]
+fn services_parse_with_defaults() {
+    let s = parse(&with_services(), Path::new("t.toml")).unwrap();
+    assert_eq!(s.maglev_slots_per_backend, DEFAULT_MAGLEV_SLOTS_PER_BACKEND);
+    let web = Service {
+        name: "web".into(),
+        endpoint_mode: EndpointMode::Vip,
+        scheduler: Scheduler::Maglev,
+        vips: vec![ServiceVip { network: "app-net".into(), ip: Ipv4Addr::new(10, 0, 9, 2) }],
+        ports: vec![
+            ServicePort { protocol: Protocol::Tcp, target: 80 },
+            ServicePort { protocol: Protocol::Udp, target: 53 },
+        ],
+        backends: vec![
+            Backend { endpoint: "web.1".into(), weight: 3 },
+            Backend { endpoint: "web.2".into(), weight: 1 },
+        ],
+    };
+    assert_eq!(s.services["web"], web);
+    let db = Service {
+        name: "db".into(),
+        endpoint_mode: EndpointMode::Dnsrr,
+        scheduler: Scheduler::Maglev,
+        vips: vec![],
+        ports: vec![],
+        backends: vec![Backend { endpoint: "db.1".into(), weight: 1 }, Backend { endpoint: "db.2".into(), weight: 0 }],
+    };
+    assert_eq!(s.services["db"], db);
+    assert_eq!(s.services.len(), 2);
+    assert_eq!((Protocol::Tcp.number(), Protocol::Udp.number()), (6, 17));
+    assert_eq!(Scheduler::Wrr.to_string(), "wrr");
+    // Every scheduler spelling is accepted, and the slots setting within its range.
+    for sched in Scheduler::ALL {
+        let text = with_web(&format!("{WEB}\nscheduler = \"{sched}\""))
+            .replace("vxlan_port = 4789", "vxlan_port = 4789\nmaglev_slots_per_backend = 100");
+        let s = parse(&text, Path::new("t.toml")).unwrap();
+        assert_eq!((s.services["web"].scheduler, s.maglev_slots_per_backend), (sched, 100));
+    }
+    assert!(parse(GOOD, Path::new("t.toml")).unwrap().services.is_empty());
+}
+
+#[test]
+fn services_as_tables_equal_inline_tables() {
+    let tables = with_web(
+        "name = \"web\"\n\
+         [[services.vips]]\nnetwork = \"app-net\"\nip = \"10.0.9.2\"\n\
+         [[services.ports]]\nprotocol = \"tcp\"\ntarget = 80\n\
+         [[services.backends]]\nendpoint = \"web.1\"\n\
+         [[services.backends]]\nendpoint = \"web.2\"",
+    );
+    let path = Path::new("t.toml");
+    assert_eq!(parse(&tables, path).unwrap(), parse(&with_web(WEB), path).unwrap());
+}
+
+#[test]
+fn service_unknown_keys_are_rejected() {
+    let err = parse(&with_web(&format!("{WEB}\nmode = \"vip\"")), Path::new("t.toml")).unwrap_err();
+    assert!(err.to_string().contains("mode"), "{err}");
+    let text = with_web(&WEB.replace("target = 80", "target = 80, published = 8080"));
+    let err = parse(&text, Path::new("t.toml")).unwrap_err();
+    assert!(err.to_string().contains("published"), "{err}");
+}
+
+#[test]
+fn service_name_checks() {
+    let p = problems(&with_web(&WEB.replace("name = \"web\"", "name = \"\"")));
+    assert!(has(&p, "services[0]", "name", "must not be empty"), "{p:?}");
+    let p = problems(&with_web(&WEB.replace("name = \"web\"", "name = \"db\"")));
+    assert!(has(&p, "services \"db\"", "name", "duplicate service name"), "{p:?}");
+}
+
+#[test]
+fn service_keywords_list_the_allowed_values() {
+    let p = problems(&with_web(&format!("{WEB}\nendpoint_mode = \"VIP\"")));
+    assert!(has(&p, "services \"web\"", "endpoint_mode", "`VIP` is not an endpoint mode (vip, dnsrr)"), "{p:?}");
+    let p = problems(&with_web(&format!("{WEB}\nscheduler = \"roundrobin\"")));
+    assert!(has(&p, "services \"web\"", "scheduler", "(maglev, sh, rr, wrr)"), "{p:?}");
+    // A dnsrr service does not use its scheduler, but a misspelt one is still refused.
+    let p =
+        problems(&with_services().replace("endpoint_mode = \"dnsrr\"", "endpoint_mode = \"dnsrr\"\nscheduler = \"x\""));
+    assert!(has(&p, "services \"db\"", "scheduler", "`x` is not a scheduler"), "{p:?}");
+    let p = problems(&with_web(&WEB.replace("\"tcp\"", "\"sctp\"")));
+    assert!(has(&p, "services \"web\"", "ports[0].protocol", "`sctp` is not a protocol (tcp, udp)"), "{p:?}");
+}
+
+#[test]
+fn a_dnsrr_service_has_no_vip() {
+    let p = problems(&with_web(&format!("{WEB}\nendpoint_mode = \"dnsrr\"")));
+    assert!(has(&p, "services \"web\"", "vips", "a dnsrr service has no VIP"), "{p:?}");
+    assert_eq!(p.len(), 1, "{p:?}");
+    // Without VIPs, its backends may be on any network, and it needs no ports.
+    let ok = with_services().replace("{ endpoint = \"db.1\" }", "{ endpoint = \"db.1\" }, { endpoint = \"api.1\" }");
+    assert!(parse(&ok, Path::new("t.toml")).is_ok());
+}
+
+#[test]
+fn vip_checks() {
+    let vip = |net: &str, ip: &str| {
+        with_web(
+            &WEB.replace("network = \"app-net\", ip = \"10.0.9.2\"", &format!("network = \"{net}\", ip = \"{ip}\"")),
+        )
+    };
+    let e = "services \"web\"";
+    let p = problems(&vip("nope", "10.0.9.2"));
+    assert!(has(&p, e, "vips[0].network", "unknown network \"nope\""), "{p:?}");
+    let p = problems(&vip("app-net", "10.0.9.256"));
+    assert!(has(&p, e, "vips[0].ip", "not an IPv4 address"), "{p:?}");
+    let p = problems(&vip("app-net", "10.0.10.2"));
+    assert!(has(&p, e, "vips[0].ip", "outside subnet 10.0.9.0/24 of network \"app-net\""), "{p:?}");
+    for reserved in ["10.0.9.0", "10.0.9.255"] {
+        let p = problems(&vip("app-net", reserved));
+        assert!(has(&p, e, "vips[0].ip", "network or broadcast address"), "{reserved}: {p:?}");
+    }
+    let p = problems(&vip("app-net", "10.0.9.1"));
+    assert!(has(&p, e, "vips[0].ip", "gateway of network \"app-net\""), "{p:?}");
+    let p = problems(&vip("app-net", "10.0.9.5"));
+    assert!(has(&p, e, "vips[0].ip", "10.0.9.5 is the address of endpoint \"api.1\" on network \"app-net\""), "{p:?}");
+    let p = problems(&vip("app-net", "10.0.9.2").replace("192.168.50.12", "10.0.9.2"));
+    assert!(has(&p, e, "vips[0].ip", "underlay address of node \"node-b\""), "{p:?}");
+    // The network is named as invalid rather than unknown.
+    let p = problems(&vip("app-net", "10.0.9.2").replace("vni = 4097", "vni = 0"));
+    assert!(has(&p, e, "vips[0].network", "unknown network \"app-net\" (that network is invalid)"), "{p:?}");
+    // One VIP a network.
+    let two = WEB.replace(
+        "{ network = \"app-net\", ip = \"10.0.9.2\" }",
+        "{ network = \"app-net\", ip = \"10.0.9.2\" }, { network = \"app-net\", ip = \"10.0.9.6\" }",
+    );
+    let p = problems(&with_web(&two));
+    assert!(has(&p, e, "vips[1].network", "a second VIP on network \"app-net\" (vips[0])"), "{p:?}");
+    // Another service's VIP.
+    let api = "\n[[services]]\nname = \"api\"\nvips = [ { network = \"app-net\", ip = \"10.0.9.2\" } ]\n\
+               ports = [ { protocol = \"tcp\", target = 80 } ]\nbackends = [ { endpoint = \"api.1\" } ]\n";
+    let p = problems(&(with_services() + api));
+    assert!(
+        has(
+            &p,
+            "services \"api\"",
+            "vips[0].ip",
+            "10.0.9.2 is already the VIP of service \"web\" on network \"app-net\""
+        ),
+        "{p:?}"
+    );
+    assert!(parse(&(with_services() + &api.replace("10.0.9.2", "10.0.9.7")), Path::new("t.toml")).is_ok());
+}
+
+#[test]
+fn port_checks() {
+    let e = "services \"web\"";
+    for bad in ["0", "65536", "-80"] {
+        let p = problems(&with_web(&WEB.replace("target = 80", &format!("target = {bad}"))));
+        assert!(has(&p, e, "ports[0].target", &format!("{bad} is not a port (1..=65535)")), "{p:?}");
+    }
+    let dup = WEB.replace(
+        "{ protocol = \"tcp\", target = 80 }",
+        "{ protocol = \"tcp\", target = 80 }, { protocol = \"udp\", target = 80 }, { protocol = \"tcp\", target = 80 }",
+    );
+    let p = problems(&with_web(&dup));
+    assert!(has(&p, e, "ports[2]", "tcp/80 is already listed (ports[0])"), "{p:?}");
+    assert_eq!(p.len(), 1, "tcp/80 and udp/80 are different ports: {p:?}");
+    let p = problems(&with_web(&WEB.replace("ports = [ { protocol = \"tcp\", target = 80 } ]", "")));
+    assert!(has(&p, e, "ports", "a VIP balances the listed ports only: list at least one"), "{p:?}");
+}
+
+#[test]
+fn backend_checks() {
+    let e = "services \"web\"";
+    let backends = |list: &str| {
+        with_web(&WEB.replace(
+            "backends = [ { endpoint = \"web.1\" }, { endpoint = \"web.2\" } ]",
+            &format!("backends = [ {list} ]"),
+        ))
+    };
+    let p = problems(&backends("{ endpoint = \"web.9\" }"));
+    assert!(has(&p, e, "backends[0].endpoint", "unknown endpoint \"web.9\""), "{p:?}");
+    let p = problems(&backends("{ endpoint = \"web.1\" }").replace("ip = \"10.0.9.3\"", "ip = \"10.0.8.3\""));
+    assert!(has(&p, e, "backends[0].endpoint", "unknown endpoint \"web.1\" (that endpoint is invalid)"), "{p:?}");
+    let p =
+        problems(&backends("{ endpoint = \"web.1\" }, { endpoint = \"web.2\" }, { endpoint = \"web.1\", weight = 2 }"));
+    assert!(has(&p, e, "backends[2].endpoint", "endpoint \"web.1\" is already a backend (backends[0])"), "{p:?}");
+    for bad in ["-1", "65536"] {
+        let p = problems(&backends(&format!("{{ endpoint = \"web.1\", weight = {bad} }}")));
+        assert!(has(&p, e, "backends[0].weight", &format!("{bad} is out of range (0..=65535")), "{p:?}");
+    }
+    let p = problems(&backends("{ endpoint = \"web.1\" }, { endpoint = \"db.2\" }"));
+    assert!(
+        has(
+            &p,
+            e,
+            "backends[1].endpoint",
+            "endpoint \"db.2\" is on network \"db-net\", but the service's VIPs are on \"app-net\""
+        ),
+        "{p:?}"
+    );
+    // db.1 already backs the dnsrr service "db".
+    let p = problems(&with_services().replace("{ endpoint = \"db.1\" }", "{ endpoint = \"web.1\" }"));
+    assert!(
+        has(
+            &p,
+            "services \"db\"",
+            "backends[0].endpoint",
+            "endpoint \"web.1\" already backs service \"web\" (a task belongs to one service)"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn maglev_slots_per_backend_is_range_checked() {
+    for bad in ["99", "5001", "-1"] {
+        let text = with_services()
+            .replace("vxlan_port = 4789", &format!("vxlan_port = 4789\nmaglev_slots_per_backend = {bad}"));
+        let p = problems(&text);
+        assert!(has(&p, "cluster", "maglev_slots_per_backend", "out of range (100..=5000)"), "{bad}: {p:?}");
+    }
+}
+
+#[test]
+fn a_bad_service_makes_the_whole_state_invalid() {
+    let path = Path::new("t.toml");
+    let mut inc = IncrementalParser::default();
+    inc.parse(&with_services(), path).unwrap();
+    // Every problem of the service is reported; the good parts produce no state on their own.
+    let bad = with_web(&WEB.replace("10.0.9.2", "10.0.10.2").replace("\"web.2\"", "\"web.9\""));
+    let err = inc.parse(&bad, path).unwrap_err();
+    let p = err.problems();
+    assert!(has(p, "services \"web\"", "vips[0].ip", "outside subnet"), "{p:?}");
+    assert!(has(p, "services \"web\"", "backends[1].endpoint", "unknown endpoint \"web.9\""), "{p:?}");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(parse(&bad, path).is_err());
+}
+
+#[test]
+fn service_capacity_is_checked() {
+    use super::{error::Problems, services::capacity};
+    let service = |name: &str, backends: usize, vips: usize, ports: usize| Service {
+        name: name.into(),
+        endpoint_mode: EndpointMode::Vip,
+        scheduler: Scheduler::Maglev,
+        vips: (0..vips).map(|i| ServiceVip { network: format!("n{i}"), ip: Ipv4Addr::from(i as u32) }).collect(),
+        ports: (0..ports).map(|i| ServicePort { protocol: Protocol::Tcp, target: i as u16 + 1 }).collect(),
+        backends: (0..backends).map(|i| Backend { endpoint: format!("e{i}"), weight: 1 }).collect(),
+    };
+    let check = |services: &[Service], slots: u32| {
+        let mut p = Problems::default();
+        capacity(&services.iter().map(|s| (s.name.clone(), s.clone())).collect(), slots, &mut p);
+        p.0
+    };
+    // One table of about 6M slots fits twice (itself and its replacement); two plus room do not.
+    assert!(check(&[service("a", 4, 1, 1)], 1_500_000).is_empty());
+    let p = check(&[service("a", 3, 1, 1), service("b", 4, 1, 1)], 1_500_000);
+    assert!(has(&p, "cluster", "maglev_slots_per_backend", "need 18000"), "{p:?}");
+    assert!(has(&p, "cluster", "maglev_slots_per_backend", "lower maglev_slots_per_backend to about"), "{p:?}");
+    // Past the limit, table_size is not asked (it returns u32).
+    let p = check(&[service("a", 4, 1, 1)], u32::MAX);
+    assert!(has(&p, "cluster", "maglev_slots_per_backend", "at most 16777216"), "{p:?}");
+    // A dnsrr service and one without a VIP have no table.
+    let mut dns = service("d", 4, 0, 0);
+    dns.endpoint_mode = EndpointMode::Dnsrr;
+    assert!(check(&[dns, service("n", 4, 0, 1)], 5_000_000).is_empty());
+    // (VIP, port) keys and backends.
+    let p = check(&[service("a", 1, 257, 256)], 100);
+    assert!(has(&p, "services", "ports", "65792 (VIP, port) pairs"), "{p:?}");
+    let p = check(&[service("a", MAX_BACKENDS as usize + 1, 0, 0)], 100);
+    assert!(has(&p, "services", "backends", "65537 backends"), "{p:?}");
+}
+
+#[test]
+fn incremental_parse_with_services_equals_full_parse() {
+    let mut inc = IncrementalParser::default();
+    let path = Path::new("t.toml");
+    let text = with_services();
+    assert_eq!(inc.parse(&text, path).unwrap(), parse(&text, path).unwrap());
+    // One backend's weight: only its [[services]] table changes.
+    let edited = text.replace("{ endpoint = \"web.1\", weight = 3 }", "{ endpoint = \"web.1\", weight = 0 }");
+    let a = inc.parse(&edited, path).unwrap();
+    assert_eq!(a, parse(&edited, path).unwrap());
+    assert_eq!(a.services["web"].backends[0].weight, 0);
+    // Multi-line arrays, sub-tables of a service, a comment after the header, a service between
+    // endpoints: the split still falls on the top-level headers only.
+    let spread = edited.replace(
+        "backends = [ { endpoint = \"web.1\", weight = 0 }, { endpoint = \"web.2\" } ]",
+        "backends = [\n  { endpoint = \"web.1\", weight = 0 },\n  # [[nodes]]\n  { endpoint = \"web.2\" },\n]",
+    )
+        + "\n[[services]] # api\nname = \"api\"\n[[services.vips]]\nnetwork = \"app-net\"\nip = \"10.0.9.7\"\n\
+         [[services.ports]]\nprotocol = \"tcp\"\ntarget = 8080\n[[services.backends]]\nendpoint = \"api.1\"\n\
+         \n[[endpoints]]\nname = \"api.2\"\nnetwork = \"app-net\"\nnode = \"node-b\"\nip = \"10.0.9.8\"\n";
+    let a = inc.parse(&spread, path).unwrap();
+    assert_eq!(a, parse(&spread, path).unwrap());
+    assert_eq!(a.services["api"].ports, vec![ServicePort { protocol: Protocol::Tcp, target: 8080 }]);
+    let reweighted = spread.replace("{ endpoint = \"web.2\" },", "{ endpoint = \"web.2\", weight = 5 },");
+    let a = inc.parse(&reweighted, path).unwrap();
+    assert_eq!(a, parse(&reweighted, path).unwrap());
+    assert_eq!(a.services["web"].backends[1].weight, 5);
+    // A service's problems are the full parser's.
+    let bad = reweighted.replace("target = 8080", "target = 0");
+    assert_eq!(inc.parse(&bad, path).unwrap_err().problems(), parse(&bad, path).unwrap_err().problems());
+}

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use super::{
     error::{entry_name, Problem, Problems},
     raw::{RawCluster, RawEndpoint, RawNetwork, RawNode, RawRefs},
+    services,
     values::*,
     ClusterState, Endpoint, Network, Node,
 };
@@ -19,11 +20,14 @@ use super::{
 pub(super) fn validate(raw: RawRefs<'_>) -> Result<ClusterState, Vec<Problem>> {
     let mut p = Problems::default();
     let vxlan_port = cluster(raw.cluster, &mut p);
+    let maglev_slots_per_backend = services::slots_per_backend(raw.cluster, &mut p);
     let nodes = nodes(&raw.nodes, &mut p);
     let networks = networks(&raw.networks, &mut p);
     let endpoints = endpoints(&raw, &nodes, &networks, &mut p);
-    let state = ClusterState { vxlan_port, nodes, networks, endpoints };
+    let services = services::services(&raw, &nodes, &networks, &endpoints, &mut p);
+    let state = ClusterState { vxlan_port, nodes, networks, endpoints, services, maglev_slots_per_backend };
     capacity(&state, &mut p);
+    services::capacity(&state.services, maglev_slots_per_backend, &mut p);
     p.into_result(state)
 }
 
@@ -236,8 +240,9 @@ fn endpoint(e: &RawEndpoint, ip: Ipv4Addr, mac: [u8; 6], netns: Option<PathBuf>,
 }
 
 /// Where an endpoint's address may not be: outside its subnet, on a reserved address of it, or on
-/// a node's underlay address (the node would route the container's traffic to itself).
-fn endpoint_ip(ip: Ipv4Addr, net: &Network, node_of_addr: &FxHashMap<Ipv4Addr, &str>) -> Result<(), String> {
+/// a node's underlay address (the node would route the container's traffic to itself). A
+/// service's VIP obeys the same rules.
+pub(super) fn endpoint_ip(ip: Ipv4Addr, net: &Network, node_of_addr: &FxHashMap<Ipv4Addr, &str>) -> Result<(), String> {
     if !net.subnet.contains(ip) {
         return Err(format!("{ip} is outside subnet {} of network \"{}\"", net.subnet, net.name));
     }

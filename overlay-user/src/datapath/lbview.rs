@@ -1,0 +1,139 @@
+//! Looking inside the balancer: per-backend counters and the conntrack table, read from the
+//! pins (the agent need not run), and the agent's sweep of idle conntrack entries.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use overlay_common::maps::{ct_timeout_ns, CtEntry, CtKey, LbStats, CT_CLOSING, CT_REPLY, MAP_CT, MAP_LB_STATS};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::Datapath;
+
+/// One tracked connection (its forward entry: client -> VIP).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrackedFlow {
+    pub proto: &'static str,
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub backend: Ipv4Addr,
+    pub backend_id: u32,
+    /// "active" (TCP established or UDP) or "closing".
+    pub state: &'static str,
+    pub idle_seconds: u64,
+}
+
+/// Monotonic coarse clock: what bpf_ktime_get_coarse_ns reads.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn ip(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+fn flows_of(map: &Map) -> Result<Vec<TrackedFlow>> {
+    let m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map)?;
+    let now = now_ns();
+    let mut out = Vec::new();
+    for kv in m.iter() {
+        // An entry evicted while we walk the table ends the walk early: show what we have.
+        let Ok((k, e)) = kv else { break };
+        if e.flags & CT_REPLY != 0 {
+            continue;
+        }
+        out.push(TrackedFlow {
+            proto: match k.proto {
+                6 => "tcp",
+                17 => "udp",
+                _ => "other",
+            },
+            client: ip(k.src),
+            client_port: u16::from_be(k.sport),
+            vip: ip(k.dst),
+            port: u16::from_be(k.dport),
+            backend: ip(e.nat_ip),
+            backend_id: e.backend,
+            state: if e.flags & CT_CLOSING != 0 { "closing" } else { "active" },
+            idle_seconds: now.saturating_sub(e.last_seen) / 1_000_000_000,
+        });
+    }
+    out.sort_by_key(|f| (f.vip, f.port, f.client, f.client_port));
+    Ok(out)
+}
+
+fn stats_of(map: &Map, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
+    let arr = PerCpuArray::<_, LbStats>::try_from(map)?;
+    let mut out = FxHashMap::default();
+    for id in ids {
+        let mut t = LbStats::default();
+        for s in arr.get(id, 0)?.iter() {
+            t.conns += s.conns;
+            t.in_pkts += s.in_pkts;
+            t.in_bytes += s.in_bytes;
+            t.out_pkts += s.out_pkts;
+            t.out_bytes += s.out_bytes;
+        }
+        out.insert(*id, t);
+    }
+    Ok(out)
+}
+
+fn open_pin(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let p = pin_dir.join("maps").join(name);
+    MapData::from_pin(&p).with_context(|| format!("opening {} (is the agent set up on this node?)", p.display()))
+}
+
+/// Tracked connections, from the pins.
+pub fn flows_from_pins(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
+    flows_of(&Map::LruHashMap(open_pin(pin_dir, MAP_CT)?))
+}
+
+/// Counters of these backend ids, from the pins.
+pub fn lb_stats_from_pins(pin_dir: &Path, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
+    stats_of(&Map::PerCpuArray(open_pin(pin_dir, MAP_LB_STATS)?), ids)
+}
+
+impl Datapath {
+    pub fn flows(&self) -> Result<Vec<TrackedFlow>> {
+        flows_of(self.ebpf.map(MAP_CT).context("no conntrack map")?)
+    }
+
+    pub fn lb_stats(&self, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
+        stats_of(self.ebpf.map(MAP_LB_STATS).context("no backend counters")?, ids)
+    }
+
+    /// Remove conntrack entries idle past their timeout; returns how many. Hygiene only (the
+    /// LRU map evicts on its own when full): a removed flow that sends again finds its backend
+    /// again from the hash.
+    pub fn sweep_conntrack(&mut self) -> Result<usize> {
+        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?)?;
+        let now = now_ns();
+        let stale: Vec<CtKey> = m
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(k, e)| now.saturating_sub(e.last_seen) > ct_timeout_ns(k.proto, e.flags))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = m.remove(k);
+        }
+        Ok(stale.len())
+    }
+
+    /// Empty the conntrack table (tests: a flow must survive losing its entry).
+    pub fn flush_conntrack(&mut self) -> Result<usize> {
+        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?)?;
+        let keys: Vec<CtKey> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in &keys {
+            let _ = m.remove(k);
+        }
+        Ok(keys.len())
+    }
+}

@@ -1,0 +1,235 @@
+//! Services as the datapath holds them: each VIP of a service, on its network, becomes keys in
+//! OV_SERVICES (one per port) sharing one lookup table of backend ids. Pure code: from the
+//! state and what the maps hold now, compute what they should hold.
+//!
+//! Ids and table places are chosen so that nothing in flight breaks:
+//! - a backend keeps its id while its address stays (ids are found again from the maps after a
+//!   restart), so conntrack entries keep pointing at it;
+//! - a changed table is written to free space and the service switched to it in one map update;
+//!   the old table is freed only at the next reconcile.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
+use overlay_common::{
+    maps::{
+        BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_VIP, MAX_BACKENDS,
+        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR,
+    },
+    vxlan::default_mac,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use super::{maglev, Contents};
+use crate::state::{ClusterState, EndpointMode, Scheduler};
+
+fn ip_key(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// A service's table in OV_MAGLEV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub offset: u32,
+    pub entries: Vec<u32>,
+}
+
+/// One VIP of a service as the CLI shows it (kept in the agent's record: names are not in the
+/// maps).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: String,
+    pub network: String,
+    pub vip: Ipv4Addr,
+    pub scheduler: String,
+    /// "tcp/80", ...
+    pub ports: Vec<String>,
+    pub id: u32,
+    pub table_size: u32,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub endpoint: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub weight: u32,
+    pub id: u32,
+    /// Slots of the table it holds (its share of new connections).
+    pub slots: u32,
+}
+
+fn sched(s: Scheduler) -> u8 {
+    match s {
+        Scheduler::Maglev => SCHED_MAGLEV,
+        Scheduler::Sh => SCHED_SH,
+        Scheduler::Rr => SCHED_RR,
+        Scheduler::Wrr => SCHED_WRR,
+    }
+}
+
+/// Lowest ids not in `used`, handed out in order.
+struct Ids {
+    used: FxHashSet<u32>,
+    next: u32,
+    max: u32,
+}
+
+impl Ids {
+    fn take(&mut self, what: &str) -> Result<u32> {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next >= self.max {
+            bail!("out of {what} ids ({} at most)", self.max);
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
+    }
+}
+
+/// Free space of OV_MAGLEV: everything not held by a table the datapath may be reading.
+struct Space {
+    /// (offset, size), sorted, non-overlapping.
+    held: Vec<(u32, u32)>,
+}
+
+impl Space {
+    fn place(&mut self, size: u32) -> Result<u32> {
+        let mut at = 0u32;
+        for (i, &(o, s)) in self.held.iter().enumerate() {
+            if o - at >= size {
+                self.held.insert(i, (at, size));
+                return Ok(at);
+            }
+            at = at.max(o + s);
+        }
+        if MAX_MAGLEV_SLOTS - at < size {
+            bail!(
+                "the lookup tables do not fit the datapath's {MAX_MAGLEV_SLOTS} slots; lower \
+                 [cluster] maglev_slots_per_backend"
+            );
+        }
+        self.held.push((at, size));
+        Ok(at)
+    }
+}
+
+/// Fill the service part of `c` for `node`. `c.endpoints` must already hold the endpoints
+/// (backends not plumbed on this node are missing there and are left out of the tables);
+/// `current` is what the maps hold now.
+pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) -> Result<()> {
+    // What the maps say now: ids by address, service ids and tables by VIP.
+    let backend_ids: FxHashMap<u32, u32> = current.backends.iter().map(|(id, b)| (b.ip, *id)).collect();
+    let mut service_ids: FxHashMap<(u32, u32), ServiceInfo> = FxHashMap::default();
+    let mut held: Vec<(u32, u32)> = Vec::new();
+    for (k, s) in &current.services {
+        service_ids.insert((k.vni, k.ip), *s);
+        if s.size > 0 {
+            held.push((s.offset, s.size));
+        }
+    }
+    held.sort_unstable();
+    held.dedup();
+    let mut space = Space { held };
+    let mut bids = Ids { used: backend_ids.values().copied().collect(), next: 0, max: MAX_BACKENDS };
+    let mut sids = Ids { used: service_ids.values().map(|s| s.id).collect(), next: 0, max: MAX_SERVICES };
+
+    for svc in state.services.values().filter(|s| s.endpoint_mode == EndpointMode::Vip) {
+        for vip in &svc.vips {
+            let net = &state.networks[&vip.network];
+            let vkey = ip_key(vip.ip);
+            c.endpoints.insert(
+                EndpointKey { vni: net.vni, ip: vkey },
+                EndpointInfo { mac: default_mac(vip.ip.octets()), flags: EP_VIP, ifindex: 0, vtep: 0 },
+            );
+            // This VIP's backends: the service's endpoints on its network that this node can reach.
+            let mut members = Vec::new();
+            for b in &svc.backends {
+                let Some(ep) = state.endpoints.get(&b.endpoint) else { continue };
+                if ep.network != vip.network {
+                    continue;
+                }
+                let key = EndpointKey { vni: net.vni, ip: ip_key(ep.ip) };
+                let Some(info) = c.endpoints.get_mut(&key) else { continue };
+                info.flags |= EP_BACKEND;
+                if let Some(i) = c.local_ifaces.get_mut(&info.ifindex).filter(|_| info.ifindex != 0) {
+                    i.flags |= EP_BACKEND;
+                }
+                let id = match backend_ids.get(&key.ip) {
+                    Some(id) => *id,
+                    None => bids.take("backend")?,
+                };
+                c.backends.insert(id, BackendInfo { ip: key.ip, weight: b.weight });
+                members.push((ep, b.weight, id));
+            }
+            // Same input order on every node: the table is built from names, never from ids.
+            let named: Vec<(&str, u32)> = members.iter().map(|(ep, w, _)| (ep.name.as_str(), *w)).collect();
+            let entries: Vec<u32> = match svc.scheduler {
+                Scheduler::Maglev | Scheduler::Sh => {
+                    // Sized from the backends listed, drained ones included: draining keeps the size.
+                    let listed = svc
+                        .backends
+                        .iter()
+                        .filter(|b| state.endpoints.get(&b.endpoint).is_some_and(|e| e.network == vip.network));
+                    let m = maglev::table_size(listed.count(), state.maglev_slots_per_backend);
+                    maglev::build(&named, m).into_iter().map(|i| members[i as usize].2).collect()
+                }
+                Scheduler::Rr | Scheduler::Wrr => {
+                    let w: Vec<u32> = named
+                        .iter()
+                        .map(|(_, w)| if svc.scheduler == Scheduler::Rr { (*w > 0) as u32 } else { *w })
+                        .collect();
+                    maglev::wrr_sequence(&w).into_iter().map(|i| members[i as usize].2).collect()
+                }
+            };
+            let prev = service_ids.get(&(net.vni, vkey));
+            let id = match prev {
+                Some(s) => s.id,
+                None => sids.take("service")?,
+            };
+            let size = entries.len() as u32;
+            let same =
+                prev.and_then(|s| current.tables.get(&s.id).filter(|t| t.offset == s.offset && t.entries == entries));
+            let offset = match (same, size) {
+                (Some(t), _) => t.offset,
+                (None, 0) => 0,
+                (None, n) => space.place(n)?,
+            };
+            let info = ServiceInfo { id, offset, size, scheduler: sched(svc.scheduler), _pad: [0; 3] };
+            for p in &svc.ports {
+                let key =
+                    ServiceKey { vni: net.vni, ip: vkey, port: p.target.to_be(), proto: p.protocol.number(), _pad: 0 };
+                c.services.insert(key, info);
+            }
+            let slots = |id: u32| entries.iter().filter(|e| **e == id).count() as u32;
+            c.views.push(ServiceView {
+                service: svc.name.clone(),
+                network: vip.network.clone(),
+                vip: vip.ip,
+                scheduler: svc.scheduler.to_string(),
+                ports: svc.ports.iter().map(|p| format!("{}/{}", p.protocol.as_str(), p.target)).collect(),
+                id,
+                table_size: size,
+                backends: members
+                    .iter()
+                    .map(|(ep, w, bid)| BackendView {
+                        endpoint: ep.name.clone(),
+                        ip: ep.ip,
+                        node: ep.node.clone(),
+                        weight: *w,
+                        id: *bid,
+                        slots: slots(*bid),
+                    })
+                    .collect(),
+            });
+            if size > 0 {
+                c.tables.insert(id, Table { offset, entries });
+            }
+        }
+    }
+    c.views.sort_by(|a, b| (&a.service, &a.network).cmp(&(&b.service, &b.network)));
+    Ok(())
+}
