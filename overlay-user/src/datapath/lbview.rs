@@ -95,6 +95,18 @@ pub fn flows_from_pins(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
     flows_of(&Map::LruHashMap(open_pin(pin_dir, MAP_CT)?))
 }
 
+/// Empty a node's conntrack table through its pin; returns how many entries were removed.
+/// For tests and operators: every flow must survive it (the hash finds its backend again).
+pub fn flush_conntrack_pins(pin_dir: &Path) -> Result<usize> {
+    let mut map = Map::LruHashMap(open_pin(pin_dir, MAP_CT)?);
+    let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(&mut map)?;
+    let keys: Vec<CtKey> = m.keys().filter_map(|k| k.ok()).collect();
+    for k in &keys {
+        let _ = m.remove(k);
+    }
+    Ok(keys.len())
+}
+
 /// Counters of these backend ids, from the pins.
 pub fn lb_stats_from_pins(pin_dir: &Path, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
     stats_of(&Map::PerCpuArray(open_pin(pin_dir, MAP_LB_STATS)?), ids)
