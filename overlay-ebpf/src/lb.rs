@@ -139,8 +139,9 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
         return dnat(ctx, ip, nat).map(|_| ToVip::Dnat(nat));
     }
 
-    // No entry. A TCP packet without SYN is the middle of a flow whose entry was lost: the
-    // hash picks the backend the flow had (the table is the same on every node).
+    // No entry. A TCP packet without SYN is the middle of a flow whose entry was lost: a hash
+    // scheduler picks the backend the flow had (the table is the same on every node); a cursor
+    // cannot be replayed, so rr and wrr end the flow with a reset, as IPVS does.
     let mid_flow = ip.proto == IPPROTO_TCP && flags & TCP_SYN == 0;
     if size == 0 {
         return Err(DropReason::NoBackend);
@@ -149,17 +150,13 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
     let slot = match scheduler {
         SCHED_MAGLEV => flow_hash(ip.src, ip.dst, ip.proto, ports_word) % size,
         SCHED_SH => flow_hash(ip.src, 0, 0, 0) % size,
-        _ if mid_flow => flow_hash(ip.src, ip.dst, ip.proto, ports_word) % size,
+        _ if mid_flow => return gone(ctx, iface, ifindex, ip).map(ToVip::Done),
         _ => match OV_RR.get_ptr_mut(id) {
-            // SAFETY: per-CPU slot.
+            // SAFETY: per-CPU slot. A cursor past the end (the table shrank) starts over.
             Some(c) => unsafe {
-                let v = *c;
+                let v = if *c >= size { 0 } else { *c };
                 *c = if v + 1 >= size { 0 } else { v + 1 };
-                if v >= size {
-                    0
-                } else {
-                    v
-                }
+                v
             },
             None => 0,
         },

@@ -5,12 +5,15 @@
 //! neighbour entry for the peer VTEP 192.168.50.12, so the encapsulation's FIB lookup is
 //! deterministic.
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    maps::HashMap as BpfHashMap,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use overlay::{
-    datapath::{Contents, Counters, Datapath},
+    datapath::{Contents, Counters, Datapath, Table},
     netns::Entered,
 };
-use overlay_common::maps::*;
+use overlay_common::{maps::*, vxlan::default_mac};
 
 use crate::{packet::*, Netns};
 
@@ -48,6 +51,8 @@ pub struct Bed {
     pub dp: Datapath,
     /// What OV_NEXTHOPS holds (empty by default: encapsulation asks the FIB).
     pub nexthops: rustc_hash::FxHashMap<u32, NextHop>,
+    /// What the maps hold (but OV_NEXTHOPS, see `nexthops`): the starting point of `apply`.
+    pub contents: Contents,
     pub _in: Entered,
     pub _ns: Netns,
     pub underlay_ifindex: u32,
@@ -76,14 +81,14 @@ pub fn bed() -> Bed {
     c.local_ifaces.insert(A_IFINDEX, LocalIface { vni: VNI, ip: k(A), mac: MAC_A, flags: 0 });
     let local = |ifindex, mac| EndpointInfo { mac, flags: EP_LOCAL, ifindex, vtep: 0 };
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(A) }, local(A_IFINDEX, MAC_A));
-    c.endpoints.insert(EndpointKey { vni: VNI, ip: k(C) }, local(C_IFINDEX, [2, 0x42, 10, 0, 9, 5]));
+    c.endpoints.insert(EndpointKey { vni: VNI, ip: k(C) }, local(C_IFINDEX, MAC_C));
     c.endpoints.insert(EndpointKey { vni: VNI2, ip: k(OTHER_NET) }, local(43, [2, 0x42, 10, 0, 10, 3]));
     c.endpoints.insert(
         EndpointKey { vni: VNI, ip: k(B) },
         EndpointInfo { mac: MAC_B, flags: 0, ifindex: 0, vtep: k(PEER_IP) },
     );
     dp.apply(&Contents::default(), &c).unwrap();
-    Bed { dp, nexthops: Default::default(), _in: entered, _ns: ns, underlay_ifindex }
+    Bed { dp, nexthops: Default::default(), contents: c, _in: entered, _ns: ns, underlay_ifindex }
 }
 
 impl Bed {
@@ -140,5 +145,105 @@ impl Bed {
 
     pub fn counters(&mut self) -> Counters {
         self.dp.counters().unwrap()
+    }
+
+    /// Bring the maps to `desired` (a diff from what they hold, as the agent applies it).
+    pub fn apply(&mut self, desired: Contents) {
+        self.dp.apply(&self.contents, &desired).unwrap();
+        self.contents = desired;
+    }
+
+    /// Every conntrack entry (both directions), read straight from OV_CT.
+    pub fn conntrack(&mut self) -> Vec<(CtKey, CtEntry)> {
+        let map = self.dp.ebpf().map(MAP_CT).unwrap();
+        let m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map).unwrap();
+        m.iter().map(|kv| kv.unwrap()).collect()
+    }
+
+    /// The container-side program, as backend C (a service backend on this node) sends.
+    pub fn from_backend_c(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
+        self.tc(PROG_FROM_CONTAINER, data, C_IFINDEX)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A service VIP on the bed's network (see `bed_with_service`)
+
+/// The service's VIP on VNI, and its MAC (Docker's rule, as the agent writes it).
+pub const VIP: [u8; 4] = [10, 0, 9, 100];
+pub const VIP_MAC: [u8; 6] = default_mac(VIP);
+/// The service's ports: TCP 80 and UDP 53.
+pub const TCP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
+/// The VIP's service id (its rr cursor's index).
+pub const SERVICE_ID: u32 = 3;
+/// Backend ids: C on this node, B on the peer node.
+pub const ID_C: u32 = 10;
+pub const ID_B: u32 = 11;
+/// Where the service's table starts in OV_MAGLEV.
+pub const TABLE_OFFSET: u32 = 1000;
+/// The default table: 7 slots, in no regular pattern, so that a wrong slot shows.
+pub const TABLE: [u32; 7] = [ID_C, ID_B, ID_B, ID_C, ID_B, ID_C, ID_C];
+
+pub fn service_key(vni: u32, vip: [u8; 4], proto: u8, port: u16) -> ServiceKey {
+    ServiceKey { vni, ip: k(vip), port: port.to_be(), proto, _pad: 0 }
+}
+
+/// `bed()` with a service VIP (10.0.9.100, TCP 80 and UDP 53) on VNI balanced by `scheduler`
+/// (SCHED_*) over the default `TABLE`: backends C (local, ifindex C_IFINDEX) and B (on the peer
+/// node). A is the client.
+pub fn bed_with_service(scheduler: u8) -> Bed {
+    bed_with_table(scheduler, &TABLE)
+}
+
+/// `bed_with_service` with the given table of backend ids (ID_C, ID_B).
+pub fn bed_with_table(scheduler: u8, table: &[u32]) -> Bed {
+    let mut bed = bed();
+    // C sends too (its replies): a test run on an ifindex needs a device with that index.
+    bed._ns.sh(&format!("ip link add c0 index {C_IFINDEX} type veth peer name c1")).unwrap();
+    let mut c = bed.contents.clone();
+    c.endpoints.insert(
+        EndpointKey { vni: VNI, ip: k(VIP) },
+        EndpointInfo { mac: VIP_MAC, flags: EP_VIP, ifindex: 0, vtep: 0 },
+    );
+    for ip in [C, B] {
+        c.endpoints.get_mut(&EndpointKey { vni: VNI, ip: k(ip) }).unwrap().flags |= EP_BACKEND;
+    }
+    c.local_ifaces.insert(C_IFINDEX, LocalIface { vni: VNI, ip: k(C), mac: MAC_C, flags: EP_BACKEND });
+    c.backends.insert(ID_C, BackendInfo { ip: k(C), weight: 1 });
+    c.backends.insert(ID_B, BackendInfo { ip: k(B), weight: 1 });
+    let info = ServiceInfo { id: SERVICE_ID, offset: 0, size: 0, scheduler, _pad: [0; 3] };
+    c.services.insert(service_key(VNI, VIP, 6, TCP_PORT), info);
+    c.services.insert(service_key(VNI, VIP, 17, UDP_PORT), info);
+    set_table(&mut c, TABLE_OFFSET, table);
+    bed.apply(c);
+    bed
+}
+
+/// Give the VIP's service (every port of it) this table at `offset`, as the agent switches
+/// tables; an empty table leaves the service with no backend for new connections.
+pub fn set_table(c: &mut Contents, offset: u32, table: &[u32]) {
+    for (key, s) in c.services.iter_mut() {
+        if key.vni == VNI && key.ip == k(VIP) {
+            s.offset = if table.is_empty() { 0 } else { offset };
+            s.size = table.len() as u32;
+        }
+    }
+    c.tables.remove(&SERVICE_ID);
+    if !table.is_empty() {
+        c.tables.insert(SERVICE_ID, Table { offset, entries: table.to_vec() });
+    }
+}
+
+/// Keep the calling thread on the CPU it runs on: per-CPU state (the rr cursors) then stays
+/// the same across test runs.
+pub fn pin_to_this_cpu() {
+    // SAFETY: plain system calls on this thread, with a cpu_set_t we own.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
     }
 }

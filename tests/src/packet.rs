@@ -3,6 +3,13 @@
 
 pub const MAC_A: [u8; 6] = [0x02, 0x42, 10, 0, 9, 3];
 pub const MAC_B: [u8; 6] = [0x02, 0x42, 10, 0, 9, 4];
+pub const MAC_C: [u8; 6] = [0x02, 0x42, 10, 0, 9, 5];
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
 
 pub fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -131,4 +138,76 @@ pub fn fix_lengths(frame: &mut [u8], len: usize) {
     if len >= 42 {
         frame[38..40].copy_from_slice(&((len - 34) as u16).to_be_bytes());
     }
+}
+
+/// Internet checksum of an L4 segment with its IPv4 pseudo header (source, destination,
+/// protocol, length): 0 when the segment's own checksum field is right.
+pub fn l4_csum(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
+    let mut v = Vec::with_capacity(12 + l4.len());
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&[0, proto]);
+    v.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    v.extend_from_slice(l4);
+    csum(&v)
+}
+
+/// A TCP segment (20-byte header, window 65535) with a valid checksum for `src` -> `dst`.
+// One argument per header field a test varies.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&ack.to_be_bytes());
+    h[12] = 0x50;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    h.extend_from_slice(payload);
+    let c = l4_csum(src, dst, 6, &h);
+    h[16..18].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// A UDP datagram for `src` -> `dst`: with `checksum`, a valid one (a computed 0 is sent as
+/// 0xffff, RFC 768), else 0 (none).
+pub fn udp_dgram(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8], checksum: bool) -> Vec<u8> {
+    let mut d = udp(sport, dport, payload.len());
+    d.extend_from_slice(payload);
+    if checksum {
+        let c = match l4_csum(src, dst, 17, &d) {
+            0 => 0xffff,
+            c => c,
+        };
+        d[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    d
+}
+
+/// An ICMP message with a valid checksum: type, code, the 4 bytes after the checksum, body.
+pub fn icmp(ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let c = csum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// Ethernet + IPv4 (DF, TTL 64, no options) + `l4`.
+pub fn ip_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = eth(dst_mac, src_mac, 0x0800);
+    f.extend(ipv4(src, dst, proto, l4.len(), 0x4000, 0));
+    f.extend_from_slice(l4);
+    f
 }
