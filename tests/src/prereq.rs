@@ -17,6 +17,7 @@ pub const IP: Tool = Tool { name: "ip", probe: &["-V"], package: "iproute2" };
 pub const PING: Tool = Tool { name: "ping", probe: &["-V"], package: "iputils-ping" };
 pub const ETHTOOL: Tool = Tool { name: "ethtool", probe: &["--version"], package: "ethtool" };
 pub const IPERF3: Tool = Tool { name: "iperf3", probe: &["--version"], package: "iperf3" };
+pub const NFT: Tool = Tool { name: "nft", probe: &["--version"], package: "nftables" };
 pub const PERF: Tool = Tool { name: "perf", probe: &["--version"], package: "linux-perf" };
 
 fn on_path(name: &str) -> bool {

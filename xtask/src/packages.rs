@@ -6,7 +6,8 @@ pub const DEMO: &[&str] = &["iproute2", "iputils-ping"];
 /// `cargo xtask test`: the demo's tools, ethtool (checksum offload in the XDP tests) and procps
 /// (sysctl in the BPF test bed).
 pub const TEST: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps"];
-/// `cargo xtask bench`: the test tools and iperf3 (throughput and packet rate).
-pub const BENCH: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "iperf3"];
+/// `cargo xtask bench`: the test tools, iperf3 (throughput and packet rate) and nftables (the
+/// kernel's balancing beside our VIPs).
+pub const BENCH: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "iperf3", "nftables"];
 /// `cargo xtask bench --flame`: perf, to sample every CPU during a TCP round.
 pub const FLAME: &[&str] = &["linux-perf"];

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod overlay;
 pub mod progrun;
 pub mod report;
+pub mod services;
 
 /// How a bench run was asked for.
 #[derive(Clone, Copy, Debug, Default)]
