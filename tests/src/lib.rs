@@ -4,6 +4,7 @@
 //! - `cleanup`: nothing outlives a test (drop, SIGINT/SIGTERM, leftovers of killed runs), `RunDir`;
 //! - `spec`: what a cluster is made of, and its state file;
 //! - `cluster`: a running cluster (underlay bridge, nodes, containers, agents);
+//! - `vip`: service VIPs: identity servers, tallying clients, held connections, `overlay services`;
 //! - `kernel_vtep`: a node built like Docker's kernel overlay, for interop;
 //! - `bed`, `packet`: BPF_PROG_TEST_RUN bed and byte-exact frames; `bench`: the benchmarks;
 //! - `prereq`: the tools the demo and the benchmarks run, checked before anything starts.
@@ -20,8 +21,10 @@ mod netns;
 pub mod packet;
 pub mod prereq;
 mod spec;
+mod vip;
 
 pub use cleanup::{cleanup_all, RunDir};
 pub use cluster::{overlay_bin, tcpx_bin, Agent, Cluster, Proc};
 pub use netns::{in_netns, run, spawn_in, wait_for, Netns};
-pub use spec::{docker_mac, render_state, ClusterSpec, EpSpec, NetSpec, NodeSpec};
+pub use spec::{docker_mac, render_state, BackendSpec, ClusterSpec, EpSpec, NetSpec, NodeSpec, ServiceSpec};
+pub use vip::{Held, Tally};

@@ -30,12 +30,82 @@ pub struct EpSpec {
     pub ip: String,
 }
 
+/// One backend of a service: an endpoint and its weight (`None`: the default, 1; 0 drains).
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub endpoint: String,
+    pub weight: Option<u32>,
+}
+
+/// A `[[services]]` entry. `None` fields are left out of the file (the agent's defaults).
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: Option<String>,
+    /// `maglev`, `sh`, `rr` or `wrr`.
+    pub scheduler: Option<String>,
+    /// (network, ip)
+    pub vips: Vec<(String, String)>,
+    /// (protocol, target port)
+    pub ports: Vec<(String, u16)>,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            endpoint_mode: None,
+            scheduler: None,
+            vips: Vec::new(),
+            ports: Vec::new(),
+            backends: Vec::new(),
+        }
+    }
+    pub fn mode(mut self, mode: &str) -> Self {
+        self.endpoint_mode = Some(mode.into());
+        self
+    }
+    pub fn scheduler(mut self, scheduler: &str) -> Self {
+        self.scheduler = Some(scheduler.into());
+        self
+    }
+    pub fn vip(mut self, network: &str, ip: &str) -> Self {
+        self.vips.push((network.into(), ip.into()));
+        self
+    }
+    pub fn port(mut self, protocol: &str, target: u16) -> Self {
+        self.ports.push((protocol.into(), target));
+        self
+    }
+    pub fn backend(mut self, endpoint: &str, weight: Option<u32>) -> Self {
+        self.backends.push(BackendSpec { endpoint: endpoint.into(), weight });
+        self
+    }
+    /// Change a backend's weight in place (0 drains); false if it is not a backend.
+    pub fn set_weight(&mut self, endpoint: &str, weight: u32) -> bool {
+        self.backends.iter_mut().find(|b| b.endpoint == endpoint).map(|b| b.weight = Some(weight)).is_some()
+    }
+    /// Take a backend out of the service; false if it was not one.
+    pub fn remove_backend(&mut self, endpoint: &str) -> bool {
+        let before = self.backends.len();
+        self.backends.retain(|b| b.endpoint != endpoint);
+        self.backends.len() != before
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     pub networks: Vec<NetSpec>,
     pub endpoints: Vec<EpSpec>,
     pub decap: Option<String>,
+    pub services: Vec<ServiceSpec>,
+    /// `[cluster] maglev_slots_per_backend`; `None`: the agent's default.
+    pub maglev_slots_per_backend: Option<u32>,
+    /// Raw TOML appended to the state file as is (tables the typed specs do not cover).
+    pub extra: String,
 }
 
 impl ClusterSpec {
@@ -86,6 +156,14 @@ impl ClusterSpec {
         self.endpoints.push(EpSpec { name: name.into(), network: network.into(), node: node.into(), ip: ip.into() });
         self
     }
+    pub fn service(mut self, service: ServiceSpec) -> Self {
+        self.services.push(service);
+        self
+    }
+    /// The service called `name` (panics if there is none: a test's own spec).
+    pub fn service_mut(&mut self, name: &str) -> &mut ServiceSpec {
+        self.services.iter_mut().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name:?} in the spec"))
+    }
 }
 
 /// Docker's MAC rule, as the agent applies it.
@@ -99,7 +177,11 @@ pub(crate) fn short(name: &str) -> String {
 }
 
 pub fn render_state(spec: &ClusterSpec, containers: &BTreeMap<String, Netns>) -> String {
-    let mut s = String::from("[cluster]\nvxlan_port = 4789\n\n");
+    let mut s = String::from("[cluster]\nvxlan_port = 4789\n");
+    if let Some(n) = spec.maglev_slots_per_backend {
+        let _ = writeln!(s, "maglev_slots_per_backend = {n}");
+    }
+    s.push('\n');
     for n in &spec.nodes {
         let _ = writeln!(s, "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\n", n.name, n.address);
     }
@@ -115,5 +197,31 @@ pub fn render_state(spec: &ClusterSpec, containers: &BTreeMap<String, Netns>) ->
             e.name, e.network, e.node, e.ip, netns
         );
     }
+    for v in &spec.services {
+        render_service(&mut s, v);
+    }
+    s.push_str(&spec.extra);
     s
+}
+
+fn render_service(s: &mut String, v: &ServiceSpec) {
+    let _ = writeln!(s, "[[services]]\nname = \"{}\"", v.name);
+    if let Some(m) = &v.endpoint_mode {
+        let _ = writeln!(s, "endpoint_mode = \"{m}\"");
+    }
+    if let Some(x) = &v.scheduler {
+        let _ = writeln!(s, "scheduler = \"{x}\"");
+    }
+    let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+    let vips = v.vips.iter().map(|(n, ip)| format!("{{ network = \"{n}\", ip = \"{ip}\" }}")).collect();
+    let ports = v.ports.iter().map(|(p, t)| format!("{{ protocol = \"{p}\", target = {t} }}")).collect();
+    let backends = v
+        .backends
+        .iter()
+        .map(|b| match b.weight {
+            Some(w) => format!("{{ endpoint = \"{}\", weight = {w} }}", b.endpoint),
+            None => format!("{{ endpoint = \"{}\" }}", b.endpoint),
+        })
+        .collect();
+    let _ = writeln!(s, "vips = {}\nports = {}\nbackends = {}\n", list(vips), list(ports), list(backends));
 }
