@@ -31,7 +31,7 @@ pub const MAP_MAGLEV: &str = "OV_MAGLEV";
 pub const MAP_CT: &str = "OV_CT";
 /// Per-CPU round-robin cursor of each service (`rr`, `wrr`), by service id.
 pub const MAP_RR: &str = "OV_RR";
-/// Per-CPU traffic counters of each backend (`LbStats`), by backend id.
+/// Traffic counters of each backend (`LbStats`), by backend id; atomic adds.
 pub const MAP_LB_STATS: &str = "OV_LB_STATS";
 
 pub const ALL_MAPS: [&str; 14] = [
@@ -57,8 +57,9 @@ pub const MAX_LOCAL_IFACES: u32 = 4_096;
 pub const MAX_NODES: u32 = 16_384;
 /// (VIP, port, protocol) keys over all services.
 pub const MAX_SERVICES: u32 = 65_536;
-/// Backends over all services; also the size of the per-backend counters.
-pub const MAX_BACKENDS: u32 = 65_536;
+/// Backends over all services (10,000 services of 10, with room); also the size of the
+/// per-backend counters.
+pub const MAX_BACKENDS: u32 = 131_072;
 /// Lookup-table slots over all services (64 MiB): 10,000 services of 10 backends at 100 slots
 /// a backend, with room to write the largest table beside the one it replaces.
 pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;

@@ -6,13 +6,15 @@
 //! agent restarted) gets the same backend again from the hash: an idle connection never dies
 //! of a timeout.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::generated::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{CtEntry, CtKey, LbStats, LocalIface, ServiceKey, CT_CLOSING, CT_REPLY, SCHED_MAGLEV, SCHED_SH},
+    maps::{CtEntry, CtKey, LocalIface, ServiceKey, CT_CLOSING, CT_REPLY, SCHED_MAGLEV, SCHED_SH},
     stats::{DropReason, FwdCounter},
     vxlan::{default_mac, flow_hash},
 };
@@ -73,15 +75,24 @@ fn now() -> u64 {
 #[inline(always)]
 fn count(backend: u32, conns: u64, outward: bool, bytes: u32) {
     if let Some(s) = OV_LB_STATS.get_ptr_mut(backend) {
-        // SAFETY: per-CPU slot: no other writer.
-        let s: &mut LbStats = unsafe { &mut *s };
-        s.conns += conns;
-        if outward {
-            s.out_pkts += 1;
-            s.out_bytes += bytes as u64;
-        } else {
-            s.in_pkts += 1;
-            s.in_bytes += bytes as u64;
+        // Shared by every CPU: atomic adds (BPF_ATOMIC), relaxed, as counters need nothing more.
+        // The intrinsic, because the BPF target has no compare-and-swap and so no AtomicU64.
+        let add = |p: *mut u64, v: u64| {
+            // SAFETY: `p` points into a map value, 8-byte aligned (LbStats is all u64).
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+        };
+        // SAFETY: field addresses inside the map value; no reference is formed.
+        unsafe {
+            if conns != 0 {
+                add(&raw mut (*s).conns, conns);
+            }
+            if outward {
+                add(&raw mut (*s).out_pkts, 1);
+                add(&raw mut (*s).out_bytes, bytes as u64);
+            } else {
+                add(&raw mut (*s).in_pkts, 1);
+                add(&raw mut (*s).in_bytes, bytes as u64);
+            }
         }
     }
 }

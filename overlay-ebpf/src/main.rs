@@ -2,6 +2,9 @@
 //! returns `Result<action, DropReason>`, and every `Err` is counted before the packet is dropped.
 #![no_std]
 #![no_main]
+// atomic_xadd for shared counters: the BPF target has no AtomicU64 (no compare-and-swap).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 // The packet path, in the order a packet meets it:
 mod arp; // ARP answered from the maps

@@ -68,9 +68,10 @@ pub static OV_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_
 #[map(name = "OV_RR")]
 pub static OV_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-/// Traffic per backend id, per CPU.
+/// Traffic per backend id (atomic adds: a per-CPU copy would cost MAX_BACKENDS x 40 bytes on
+/// every CPU of large hosts).
 #[map(name = "OV_LB_STATS")]
-pub static OV_LB_STATS: PerCpuArray<LbStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static OV_LB_STATS: Array<LbStats> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use overlay_common::maps::{ct_timeout_ns, CtEntry, CtKey, LbStats, CT_CLOSING, CT_REPLY, MAP_CT, MAP_LB_STATS};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -69,18 +69,10 @@ fn flows_of(map: &Map) -> Result<Vec<TrackedFlow>> {
 }
 
 fn stats_of(map: &Map, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
-    let arr = PerCpuArray::<_, LbStats>::try_from(map)?;
+    let arr = Array::<_, LbStats>::try_from(map)?;
     let mut out = FxHashMap::default();
     for id in ids {
-        let mut t = LbStats::default();
-        for s in arr.get(id, 0)?.iter() {
-            t.conns += s.conns;
-            t.in_pkts += s.in_pkts;
-            t.in_bytes += s.in_bytes;
-            t.out_pkts += s.out_pkts;
-            t.out_bytes += s.out_bytes;
-        }
-        out.insert(*id, t);
+        out.insert(*id, arr.get(id, 0)?);
     }
     Ok(out)
 }
@@ -109,7 +101,7 @@ pub fn flush_conntrack_pins(pin_dir: &Path) -> Result<usize> {
 
 /// Counters of these backend ids, from the pins.
 pub fn lb_stats_from_pins(pin_dir: &Path, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
-    stats_of(&Map::PerCpuArray(open_pin(pin_dir, MAP_LB_STATS)?), ids)
+    stats_of(&Map::Array(open_pin(pin_dir, MAP_LB_STATS)?), ids)
 }
 
 impl Datapath {

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, Map},
     Pod,
 };
 use overlay_common::maps::*;
@@ -105,11 +105,9 @@ impl Datapath {
         if ids.is_empty() {
             return Ok(());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-        let mut m = PerCpuArray::<_, LbStats>::try_from(self.map_mut(MAP_LB_STATS)?)?;
+        let mut m = Array::<_, LbStats>::try_from(self.map_mut(MAP_LB_STATS)?)?;
         for id in ids {
-            m.set(*id, PerCpuValues::try_from(vec![LbStats::default(); cpus])?, 0)
-                .with_context(|| format!("zeroing the counters of backend {id}"))?;
+            m.set(*id, LbStats::default(), 0).with_context(|| format!("zeroing the counters of backend {id}"))?;
         }
         Ok(())
     }

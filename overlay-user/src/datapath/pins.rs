@@ -89,7 +89,7 @@ fn layouts() -> [Layout; 14] {
         Layout { name: MAP_RR, kind: MapType::PerCpuArray, key: 4, value: 4, max: MAX_SERVICES },
         Layout {
             name: MAP_LB_STATS,
-            kind: MapType::PerCpuArray,
+            kind: MapType::Array,
             key: 4,
             value: size_of::<LbStats>() as u32,
             max: MAX_BACKENDS,

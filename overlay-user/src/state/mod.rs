@@ -33,16 +33,8 @@ pub const DEFAULT_MAGLEV_SLOTS_PER_BACKEND: u32 = 2000;
 pub const MIN_MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
 pub const MAX_MAGLEV_SLOTS_PER_BACKEND: u32 = 5000;
 
-// The datapath's map sizes for services: same names and values as in `overlay_common::maps`,
-// where they are to move.
-
-/// (VIP, port) pairs over all services: one service-map key each.
-pub const MAX_SERVICES: u32 = 65_536;
-/// Backends over all vip-mode services: one backend-map entry each.
-pub const MAX_BACKENDS: u32 = 65_536;
-/// Lookup-table slots over all services, with room to write the largest table beside the one
-/// it replaces.
-pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
+// The datapath's map sizes for services, which validation checks a state against.
+pub use overlay_common::maps::{MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_SERVICES};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {

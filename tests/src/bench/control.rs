@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use overlay_common::maps::{EndpointInfo, EndpointKey, ALL_MAPS, MAP_ENDPOINTS};
+use overlay_common::maps::{
+    EndpointInfo, EndpointKey, ALL_MAPS, MAP_BACKENDS, MAP_CT, MAP_ENDPOINTS, MAP_LB_STATS, MAP_MAGLEV, MAP_RR,
+    MAP_SERVICES,
+};
 
 use super::report::Report;
 use crate::{overlay_bin, wait_for, Netns, Proc, RunDir};
@@ -61,9 +64,9 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn memlock_bytes(maps_dir: &std::path::Path) -> Result<f64> {
+fn memlock_bytes(maps_dir: &std::path::Path, names: &[&str]) -> Result<f64> {
     let mut total = 0.0;
-    for name in ALL_MAPS {
+    for name in names {
         let m = MapData::from_pin(maps_dir.join(name))?;
         let fd = m.fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
@@ -93,15 +96,23 @@ struct Measured {
     map_mib: f64,
 }
 
-/// Start an agent on a state of `nodes` nodes and `endpoints` remote endpoints, then make
-/// `samples` changes (one endpoint more each) and time each until the map holds it.
-fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
+/// An agent started on a state file in a namespace of its own, once it has applied it.
+struct Running {
+    run_dir: RunDir,
+    _node: Netns,
+    agent: Proc,
+    pid: u32,
+    file: std::path::PathBuf,
+    startup_ms: f64,
+    apply_ms: f64,
+}
+
+fn start(text: &str) -> Result<Running> {
     let run_dir = RunDir::new()?;
     let node = Netns::new("cp")?;
     node.sh("ip link add ul0 type veth peer name ul1 && ip link set ul1 up && ip addr add 192.168.70.1/24 dev ul0 && ip link set ul0 up")?;
     let file = run_dir.path.join("state.toml");
-    let text = state(nodes, endpoints, 0);
-    write_atomic(&file, &text)?;
+    write_atomic(&file, text)?;
     let log = run_dir.path.join("agent.log");
     let f = std::fs::File::create(&log)?;
 
@@ -117,17 +128,25 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
         .spawn()?;
     let pid = child.id();
     let agent = Proc(child);
-    let want = overlay::agent::state_hash(&text);
+    let want = overlay::agent::state_hash(text);
     let applied = |rd: &RunDir| -> Option<String> {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(rd.path.join("nodes/n0/applied.json")).ok()?).ok()?;
         v["state_hash"].as_str().map(str::to_string)
     };
-    if !wait_for(Duration::from_secs(60), || applied(&run_dir).as_deref() == Some(want.as_str())) {
+    if !wait_for(Duration::from_secs(120), || applied(&run_dir).as_deref() == Some(want.as_str())) {
         bail!("the agent did not apply the state:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     let startup_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let apply_ms = log_ms(&std::fs::read_to_string(&log)?, "state applied").unwrap_or(f64::NAN);
+    Ok(Running { run_dir, _node: node, agent, pid, file, startup_ms, apply_ms })
+}
+
+/// Start an agent on a state of `nodes` nodes and `endpoints` remote endpoints, then make
+/// `samples` changes (one endpoint more each) and time each until the map holds it.
+fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
+    let r = start(&state(nodes, endpoints, 0))?;
+    let (run_dir, file, pid) = (&r.run_dir, &r.file, r.pid);
 
     // A change: one more endpoint, then poll the map the datapath reads.
     let maps_dir = run_dir.path.join("bpffs/n0/maps");
@@ -138,7 +157,7 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
         let key = EndpointKey { vni: VNI, ip: u32::from_ne_bytes(ep_ip(endpoints + k - 1)) };
         let text = state(nodes, endpoints, k);
         let t = Instant::now();
-        write_atomic(&file, &text)?;
+        write_atomic(file, &text)?;
         let seen = loop {
             if endpoints_map.get(&key, 0).is_ok() {
                 break Some(t.elapsed());
@@ -154,14 +173,80 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
     }
     change_ms.sort_by(|a, b| a.total_cmp(b));
     let m = Measured {
-        apply_ms,
-        startup_ms,
+        apply_ms: r.apply_ms,
+        startup_ms: r.startup_ms,
         change_ms,
         rss_mib: rss_kib(pid) / 1024.0,
-        map_mib: memlock_bytes(&maps_dir)? / (1024.0 * 1024.0),
+        map_mib: memlock_bytes(&maps_dir, &ALL_MAPS)? / (1024.0 * 1024.0),
     };
-    drop(agent);
+    drop(r.agent);
     Ok(m)
+}
+
+/// `services` services of `backends` backends each (backends on other nodes): the state the
+/// issue sizes the datapath for. Inline tables keep the file under the 8 MiB limit.
+fn services_state(services: u32, backends: u32) -> String {
+    let mut s = String::from("endpoints = [\n");
+    for i in 0..services * backends {
+        let ip = ep_ip(i);
+        let _ = writeln!(
+            s,
+            "{{name=\"e{i}\",network=\"big\",node=\"n1\",ip=\"{}.{}.{}.{}\"}},",
+            ip[0], ip[1], ip[2], ip[3]
+        );
+    }
+    s += "]\nservices = [\n";
+    for v in 0..services {
+        let b: Vec<String> = (0..backends).map(|j| format!("{{endpoint=\"e{}\"}}", v * backends + j)).collect();
+        let _ = writeln!(
+            s,
+            "{{name=\"s{v}\",vips=[{{network=\"big\",ip=\"10.78.{}.{}\"}}],ports=[{{protocol=\"tcp\",target=80}}],backends=[{}]}},",
+            v / 250,
+            v % 250 + 1,
+            b.join(",")
+        );
+    }
+    s += "]\n[cluster]\nmaglev_slots_per_backend = 100\n\n";
+    s += "[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n[[nodes]]\nname = \"n1\"\naddress = \"10.200.0.1\"\n\n";
+    s += "[[networks]]\nname = \"big\"\nvni = 6000\nsubnet = \"10.64.0.0/12\"\n";
+    s
+}
+
+/// Apply time and memory of a large service state.
+fn measure_services(report: &mut Report, services: u32, backends: u32) -> Result<()> {
+    let text = services_state(services, backends);
+    let r = start(&text)?;
+    let maps_dir = r.run_dir.path.join("bpffs/n0/maps");
+    let lb = [MAP_SERVICES, MAP_BACKENDS, MAP_MAGLEV, MAP_CT, MAP_RR, MAP_LB_STATS];
+    let what = format!("{services} services x {backends} backends");
+    report.add(
+        SECTION,
+        &format!("apply {what} (reconcile)"),
+        r.apply_ms,
+        "ms",
+        None,
+        &format!("from the agent's log; a {:.1} MB state file, 100 slots a backend", text.len() as f64 / 1e6),
+    );
+    report.add(SECTION, &format!("agent start to state applied, {what}"), r.startup_ms, "ms", None, "wall clock");
+    report.add(
+        SECTION,
+        &format!("agent resident memory, {what}"),
+        rss_kib(r.pid) / 1024.0,
+        "MiB",
+        None,
+        "VmRSS after applying",
+    );
+    report.add(
+        SECTION,
+        "BPF map memory of the balancer",
+        memlock_bytes(&maps_dir, &lb)? / (1024.0 * 1024.0),
+        "MiB",
+        None,
+        "memlock of the service, backend, table, conntrack and counter maps (fixed sizes)",
+    );
+    report.target(&format!("applying {what}"), "measured (no target set)", format!("{:.0} ms", r.apply_ms), true);
+    drop(r.agent);
+    Ok(())
 }
 
 pub fn run(report: &mut Report, opts: &super::Opts) -> Result<()> {
@@ -213,8 +298,13 @@ pub fn run(report: &mut Report, opts: &super::Opts) -> Result<()> {
         big.map_mib,
         "MiB",
         None,
-        "memlock of all maps, sized for 131,072 endpoints (fixed)",
+        "memlock of all maps, fixed sizes: 131,072 endpoints, and the balancer's (below)",
     );
+    if quick {
+        measure_services(report, 1_000, 10)?;
+    } else {
+        measure_services(report, 10_000, 10)?;
+    }
     report.target("applying 10,000 endpoints", "< 1000 ms", format!("{:.0} ms", big.apply_ms), big.apply_ms < 1000.0);
     let m = median(&big.change_ms);
     report.target(
