@@ -37,6 +37,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 /// Bytes a VIP packet needs linear: up to the TCP flags, or an ICMP error's quoted ports.
 pub const NEED_LINEAR: usize = L4 + 8 + IPV4_LEN + 4;
+/// Slots tried past the picked one when it is the client itself (see `to_vip`).
+const HAIRPIN_TRIES: u32 = 8;
 /// `last_seen` is rewritten at most this often: a write per packet would bounce the entry's
 /// cache line between CPUs.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -172,8 +174,18 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
             None => 0,
         },
     };
-    let backend = *OV_MAGLEV.get(offset.wrapping_add(slot)).ok_or(DropReason::NoBackend)?;
-    let nat = unsafe { OV_BACKENDS.get(&backend) }.ok_or(DropReason::NoBackend)?.ip;
+    // A backend calling its own service must not be handed to itself: a packet from its own
+    // address would reach it as a martian. The next slots decide, the same way on every node and
+    // every re-pick, so the choice stays consistent.
+    let (mut backend, mut nat, mut i) = (0u32, ip.src, 0u32);
+    while nat == ip.src && i < HAIRPIN_TRIES {
+        backend = *OV_MAGLEV.get(offset.wrapping_add((slot + i) % size)).ok_or(DropReason::NoBackend)?;
+        nat = unsafe { OV_BACKENDS.get(&backend) }.ok_or(DropReason::NoBackend)?.ip;
+        i += 1;
+    }
+    if nat == ip.src {
+        return Err(DropReason::NoBackend);
+    }
     let closing = if flags & (TCP_FIN | TCP_RST) != 0 { CT_CLOSING } else { 0 };
     let fwd = CtEntry { nat_ip: nat, backend, flags: closing, _pad: 0, last_seen: t };
     let rev = CtEntry { nat_ip: ip.dst, backend, flags: closing | CT_REPLY, _pad: 0, last_seen: t };

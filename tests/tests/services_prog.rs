@@ -957,3 +957,38 @@ fn a_vip_of_another_network_is_unreachable() {
     let p = port_to(&TABLE, 6, TCP_PORT, ID_C);
     new_tcp_flow(&mut bed, p, BC);
 }
+
+// ---------------------------------------------------------------------------------------
+// A backend calling its own service
+
+/// C -> VIP:80, TCP SYN, as the backend C sends it.
+fn syn_from_c(sport: u16) -> Vec<u8> {
+    ip_frame(VIP_MAC, MAC_C, C, VIP, 6, &tcp(C, VIP, sport, TCP_PORT, 1000, 0, TCP_SYN, &[]))
+}
+
+/// The slot Maglev's hash gives a flow from C to the VIP.
+fn slot_from_c(table: &[u32], sport: u16) -> usize {
+    (flow_hash(k(C), k(VIP), 6, ports_word(sport, TCP_PORT)) % table.len() as u32) as usize
+}
+
+#[test]
+fn a_backend_calling_its_own_service_is_never_handed_to_itself() {
+    let mut bed = bed_with_service(SCHED_MAGLEV);
+    // Flows whose hash lands on C's own slots: each goes to the next slot that is not C.
+    let ports: Vec<u16> = (40000u16..).filter(|&p| TABLE[slot_from_c(&TABLE, p)] == ID_C).take(4).collect();
+    for p in ports {
+        let r = run(&mut bed, Prog::FromC, &syn_from_c(p));
+        r.expect(TC_ACT_REDIRECT, &[FwdCounter::LbNew, FwdCounter::Encap], "C to its own VIP");
+        assert_eq!(where_to(&r.out), BB, "port {p}: slot {} is C itself, the next one B", slot_from_c(&TABLE, p));
+    }
+    // A flow whose hash lands on B is left alone.
+    let p = (40000u16..).find(|&p| TABLE[slot_from_c(&TABLE, p)] == ID_B).unwrap();
+    assert_eq!(where_to(&run(&mut bed, Prog::FromC, &syn_from_c(p)).out), BB);
+
+    // C as the only backend: nothing else to hand the connection to.
+    let mut bed = bed_with_table(SCHED_MAGLEV, &[ID_C]);
+    run(&mut bed, Prog::FromC, &syn_from_c(40000)).expect_drop(DropReason::NoBackend, "only itself to call");
+    assert!(bed.conntrack().is_empty(), "nothing tracked");
+    // Anyone else still reaches C.
+    assert_eq!(where_to(&run(&mut bed, Prog::FromA, &syn(40000)).out), BC);
+}
