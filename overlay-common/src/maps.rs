@@ -60,9 +60,13 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// Backends over all services (10,000 services of 10, with room); also the size of the
 /// per-backend counters.
 pub const MAX_BACKENDS: u32 = 131_072;
-/// Lookup-table slots over all services (64 MiB): 10,000 services of 10 backends at 100 slots
-/// a backend, with room to write the largest table beside the one it replaces.
+/// Lookup-table slots over all services: 10,000 services of 10 backends at 100 slots a backend,
+/// with room to write the largest table beside the one it replaces. Slots are stored two to an
+/// element (`MaglevPair`): array elements take 8 bytes even for a 4-byte value, so pairs halve
+/// the map to 64 MiB. Tables start at even slots.
 pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
+/// Two consecutive slots of OV_MAGLEV (backend ids): slot `s` is element `s / 2`, half `s % 2`.
+pub type MaglevPair = [u32; 2];
 /// Conntrack entries (two per flow).
 pub const MAX_CT: u32 = 262_144;
 

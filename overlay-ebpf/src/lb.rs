@@ -179,7 +179,9 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
     // every re-pick, so the choice stays consistent.
     let (mut backend, mut nat, mut i) = (0u32, ip.src, 0u32);
     while nat == ip.src && i < HAIRPIN_TRIES {
-        backend = *OV_MAGLEV.get(offset.wrapping_add((slot + i) % size)).ok_or(DropReason::NoBackend)?;
+        let at = offset.wrapping_add((slot + i) % size);
+        let pair = OV_MAGLEV.get(at >> 1).ok_or(DropReason::NoBackend)?;
+        backend = pair[(at & 1) as usize];
         nat = unsafe { OV_BACKENDS.get(&backend) }.ok_or(DropReason::NoBackend)?.ip;
         i += 1;
     }

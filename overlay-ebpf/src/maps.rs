@@ -4,6 +4,7 @@
 //! (which the `#[map]` macro needs as literals) equal to the shared constants.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -11,7 +12,7 @@ use overlay_common::{
     maps::{
         self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LbStats, LocalIface, NetworkInfo,
         NextHop, NodeInfo, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_LOCAL_IFACES,
-        MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_SERVICES,
+        MaglevPair, MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_SERVICES,
     },
     stats::{DropReason, FwdCounter},
 };
@@ -48,17 +49,18 @@ pub static OV_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason
 #[map(name = "OV_FWD")]
 pub static OV_FWD: PerCpuArray<u64> = PerCpuArray::with_max_entries(FwdCounter::COUNT, 0);
 
-/// (VNI, VIP, port, protocol) -> the service balancing it.
+/// (VNI, VIP, port, protocol) -> the service balancing it. Not preallocated: a node without
+/// services pays nothing for it (entries are written by the agent, never by packets).
 #[map(name = "OV_SERVICES")]
-pub static OV_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static OV_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// Backend id -> its address.
+/// Backend id -> its address. Not preallocated, as OV_SERVICES.
 #[map(name = "OV_BACKENDS")]
-pub static OV_BACKENDS: HashMap<u32, BackendInfo> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+pub static OV_BACKENDS: HashMap<u32, BackendInfo> = HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
-/// All services' lookup tables (backend ids), side by side.
+/// All services' lookup tables (backend ids), side by side, two slots an element.
 #[map(name = "OV_MAGLEV")]
-pub static OV_MAGLEV: Array<u32> = Array::with_max_entries(MAX_MAGLEV_SLOTS, 0);
+pub static OV_MAGLEV: Array<MaglevPair> = Array::with_max_entries(MAX_MAGLEV_SLOTS / 2, 0);
 
 /// Connection tracking of balanced flows, both directions.
 #[map(name = "OV_CT")]

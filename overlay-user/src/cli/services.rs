@@ -25,6 +25,19 @@ struct Row {
     #[serde(flatten)]
     view: ServiceView,
     backends: Vec<BackendRow>,
+    /// The VIP's totals: the sums over its backends.
+    total: Totals,
+}
+
+#[derive(Serialize, Default)]
+struct Totals {
+    active: u64,
+    inactive: u64,
+    conns: u64,
+    in_pkts: u64,
+    in_bytes: u64,
+    out_pkts: u64,
+    out_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -80,8 +93,17 @@ pub fn main(a: Args) -> Result<ExitCode> {
                         out_bytes: s.out_bytes,
                     }
                 })
-                .collect();
-            Row { view: v, backends }
+                .collect::<Vec<BackendRow>>();
+            let total = backends.iter().fold(Totals::default(), |t, b| Totals {
+                active: t.active + b.active,
+                inactive: t.inactive + b.inactive,
+                conns: t.conns + b.conns,
+                in_pkts: t.in_pkts + b.in_pkts,
+                in_bytes: t.in_bytes + b.in_bytes,
+                out_pkts: t.out_pkts + b.out_pkts,
+                out_bytes: t.out_bytes + b.out_bytes,
+            });
+            Row { view: v, backends, total }
         })
         .collect();
     if a.json {
@@ -114,6 +136,11 @@ pub fn main(a: Args) -> Result<ExitCode> {
             r.view.scheduler,
             r.view.service,
             r.view.network
+        );
+        let t = &r.total;
+        println!(
+            "  {:<30} {:>6} {:>6} {:>6} {:>6} {:>8} {:>10} {:>12} {:>10} {:>12}",
+            "(all backends)", "", "", t.active, t.inactive, t.conns, t.in_pkts, t.in_bytes, t.out_pkts, t.out_bytes
         );
         for b in &r.backends {
             println!(

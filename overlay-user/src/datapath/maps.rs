@@ -178,7 +178,13 @@ fn write_table(map: &mut Map, t: &Table) -> Result<()> {
         Map::Array(d) => d.fd().as_fd().as_raw_fd(),
         _ => bail!("{MAP_MAGLEV} is not an array"),
     };
-    let keys: Vec<u32> = (t.offset..t.offset + t.entries.len() as u32).collect();
+    if t.offset % 2 != 0 {
+        bail!("table at odd slot {}: tables start at even slots", t.offset);
+    }
+    // Two slots an element; an odd-sized table's last element has an unused half.
+    let values: Vec<MaglevPair> = t.entries.chunks(2).map(|c| [c[0], c.get(1).copied().unwrap_or(0)]).collect();
+    let first = t.offset / 2;
+    let keys: Vec<u32> = (first..first + values.len() as u32).collect();
     #[repr(C)]
     #[derive(Default)]
     struct BatchAttr {
@@ -192,7 +198,7 @@ fn write_table(map: &mut Map, t: &Table) -> Result<()> {
         flags: u64,
     }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    for (k, v) in keys.chunks(1 << 16).zip(t.entries.chunks(1 << 16)) {
+    for (k, v) in keys.chunks(1 << 16).zip(values.chunks(1 << 16)) {
         let mut attr = BatchAttr {
             keys: k.as_ptr() as u64,
             values: v.as_ptr() as u64,
@@ -212,7 +218,7 @@ fn write_table(map: &mut Map, t: &Table) -> Result<()> {
         };
         if rc != 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("writing {} slots of {MAP_MAGLEV} at {}", k.len(), k[0]));
+                .with_context(|| format!("writing {} elements of {MAP_MAGLEV} from element {}", k.len(), k[0]));
         }
     }
     Ok(())

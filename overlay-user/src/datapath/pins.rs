@@ -78,7 +78,7 @@ fn layouts() -> [Layout; 14] {
             value: size_of::<BackendInfo>() as u32,
             max: MAX_BACKENDS,
         },
-        Layout { name: MAP_MAGLEV, kind: MapType::Array, key: 4, value: 4, max: MAX_MAGLEV_SLOTS },
+        Layout { name: MAP_MAGLEV, kind: MapType::Array, key: 4, value: 8, max: MAX_MAGLEV_SLOTS / 2 },
         Layout {
             name: MAP_CT,
             kind: MapType::LruHash,

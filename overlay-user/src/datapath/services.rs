@@ -97,7 +97,10 @@ struct Space {
 }
 
 impl Space {
+    /// An even offset with room for `size` slots (tables start at even slots: two slots share
+    /// an element of OV_MAGLEV).
     fn place(&mut self, size: u32) -> Result<u32> {
+        let size = even(size);
         let mut at = 0u32;
         for (i, &(o, s)) in self.held.iter().enumerate() {
             if o - at >= size {
@@ -117,6 +120,10 @@ impl Space {
     }
 }
 
+fn even(n: u32) -> u32 {
+    n + (n & 1)
+}
+
 /// Fill the service part of `c` for `node`. `c.endpoints` must already hold the endpoints
 /// (backends not plumbed on this node are missing there and are left out of the tables);
 /// `current` is what the maps hold now.
@@ -128,7 +135,7 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
     for (k, s) in &current.services {
         service_ids.insert((k.vni, k.ip), *s);
         if s.size > 0 {
-            held.push((s.offset, s.size));
+            held.push((s.offset, even(s.size)));
         }
     }
     held.sort_unstable();
@@ -232,4 +239,24 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
     }
     c.views.sort_by(|a, b| (&a.service, &a.network).cmp(&(&b.service, &b.network)));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_go_to_even_slots_in_free_space_only() {
+        // A live table of 7 slots at 0 holds 0..8 (its last element's second half is unused).
+        let mut s = Space { held: vec![(0, even(7))] };
+        assert_eq!(s.place(3).unwrap(), 8, "beside the live table, at an even slot");
+        assert_eq!(s.place(5).unwrap(), 12, "after the 3-slot table rounded to 4");
+        // A gap between live tables is used when it fits.
+        let mut s = Space { held: vec![(0, 4), (10, 4)] };
+        assert_eq!(s.place(5).unwrap(), 4);
+        assert_eq!(s.place(1).unwrap(), 14, "the gap is full now");
+        // Past the map: refused with advice, nothing placed.
+        let mut s = Space { held: vec![(0, MAX_MAGLEV_SLOTS - 2)] };
+        assert!(s.place(3).unwrap_err().to_string().contains("maglev_slots_per_backend"));
+    }
 }

@@ -184,15 +184,19 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
 }
 
 /// `services` services of `backends` backends each (backends on other nodes): the state the
-/// issue sizes the datapath for. Inline tables keep the file under the 8 MiB limit.
+/// issue sizes the datapath for, written with inline tables as a generator would.
 fn services_state(services: u32, backends: u32) -> String {
     let mut s = String::from("endpoints = [\n");
     for i in 0..services * backends {
         let ip = ep_ip(i);
         let _ = writeln!(
             s,
-            "{{name=\"e{i}\",network=\"big\",node=\"n1\",ip=\"{}.{}.{}.{}\"}},",
-            ip[0], ip[1], ip[2], ip[3]
+            "{{name=\"e{i}\",network=\"big\",node=\"n{}\",ip=\"{}.{}.{}.{}\"}},",
+            1 + i % 100,
+            ip[0],
+            ip[1],
+            ip[2],
+            ip[3]
         );
     }
     s += "]\nservices = [\n";
@@ -207,7 +211,11 @@ fn services_state(services: u32, backends: u32) -> String {
         );
     }
     s += "]\n[cluster]\nmaglev_slots_per_backend = 100\n\n";
-    s += "[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n[[nodes]]\nname = \"n1\"\naddress = \"10.200.0.1\"\n\n";
+    s += "[[nodes]]\nname = \"n0\"\naddress = \"192.168.70.1\"\n\n";
+    // Backends spread over 100 other nodes, as tasks are (a node holds at most 4,096).
+    for n in 1..=100 {
+        let _ = writeln!(s, "[[nodes]]\nname = \"n{n}\"\naddress = \"10.200.0.{n}\"\n");
+    }
     s += "[[networks]]\nname = \"big\"\nvni = 6000\nsubnet = \"10.64.0.0/12\"\n";
     s
 }
@@ -236,13 +244,17 @@ fn measure_services(report: &mut Report, services: u32, backends: u32) -> Result
         None,
         "VmRSS after applying",
     );
+    let mut each = Vec::new();
+    for name in lb {
+        each.push(format!("{name} {:.1}", memlock_bytes(&maps_dir, &[name])? / (1024.0 * 1024.0)));
+    }
     report.add(
         SECTION,
         "BPF map memory of the balancer",
         memlock_bytes(&maps_dir, &lb)? / (1024.0 * 1024.0),
         "MiB",
         None,
-        "memlock of the service, backend, table, conntrack and counter maps (fixed sizes)",
+        &format!("memlock with this state, MiB: {}", each.join(", ")),
     );
     report.target(&format!("applying {what}"), "measured (no target set)", format!("{:.0} ms", r.apply_ms), true);
     drop(r.agent);
