@@ -178,7 +178,7 @@ fn write_table(map: &mut Map, t: &Table) -> Result<()> {
         Map::Array(d) => d.fd().as_fd().as_raw_fd(),
         _ => bail!("{MAP_MAGLEV} is not an array"),
     };
-    if t.offset % 2 != 0 {
+    if !t.offset.is_multiple_of(2) {
         bail!("table at odd slot {}: tables start at even slots", t.offset);
     }
     // Two slots an element; an odd-sized table's last element has an unused half.
