@@ -68,7 +68,7 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface, ifindex: u32) -> Resu
     // Networks are isolated by construction: only endpoints of the sender's VNI are found.
     let mut ep =
         *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }.ok_or(DropReason::UnknownDestination)?;
-    if ep.flags & EP_LOCAL != 0 && iface.flags & EP_BACKEND == 0 {
+    if ep.flags & EP_LOCAL != 0 && (iface.flags | ep.flags) & EP_BACKEND == 0 {
         stats::fwd(FwdCounter::LocalDelivery);
         // Straight into the peer container's ingress, skipping the backlog queue.
         return Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
@@ -116,13 +116,19 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface, ifindex: u32) -> Resu
                 set_dst_mac(ctx, &ep.mac)?;
             }
         }
-    } else if iface.flags & EP_BACKEND != 0 && ep.flags & EP_LOCAL != 0 {
-        // A backend's reply to a client on this node is reverse-NATed here (a remote client's
-        // node does it on decapsulation: the flow is tracked where the client is).
-        ensure_linear(ctx, lb::NEED_LINEAR)?;
-        let pkt = Packet::new(ctx.data(), ctx.data_end());
-        if let Some(rev) = lb::reply_of(&pkt, 0)? {
-            lb::reverse_tc(ctx, &rev)?;
+    } else {
+        if ep.flags & EP_BACKEND != 0 && lip.plain {
+            // Straight to a backend's own address: a VIP flow of the same ports is over.
+            lb::direct_to_backend(ctx, &lip)?;
+        }
+        if iface.flags & EP_BACKEND != 0 && ep.flags & EP_LOCAL != 0 {
+            // A backend's reply to a client on this node is reverse-NATed here (a remote
+            // client's node does it on decapsulation: the flow is tracked where the client is).
+            ensure_linear(ctx, lb::NEED_LINEAR)?;
+            let pkt = Packet::new(ctx.data(), ctx.data_end());
+            if let Some(rev) = lb::reply_of(&pkt, 0)? {
+                lb::reverse_tc(ctx, &rev)?;
+            }
         }
     }
     if ep.flags & EP_LOCAL != 0 {

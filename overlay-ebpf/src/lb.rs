@@ -199,6 +199,35 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
     dnat(ctx, ip, nat).map(|_| ToVip::Dnat(nat))
 }
 
+/// A client opening a connection straight to a backend's address (a TCP SYN, or UDP) from
+/// ports a VIP flow to that backend used: that flow is over (the backend could not tell the
+/// two apart), and its entries must not reverse-NAT the new connection's replies to the VIP.
+#[inline(always)]
+pub fn direct_to_backend(ctx: &TcContext, ip: &Ip) -> Result<(), DropReason> {
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    ensure_linear(ctx, NEED_LINEAR)?;
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let ports: [u16; 2] = read(&pkt, L4)?;
+    if ip.proto == IPPROTO_TCP {
+        let flags: u8 = read(&pkt, L4 + 13)?;
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Ok(());
+        }
+    }
+    let rkey = CtKey { src: ip.dst, dst: ip.src, sport: ports[1], dport: ports[0], proto: ip.proto, _pad: [0; 3] };
+    if let Some(e) = unsafe { OV_CT.get(&rkey) } {
+        if e.flags & CT_REPLY != 0 {
+            let vip = e.nat_ip;
+            let _ = OV_CT.remove(&rkey);
+            let fkey = CtKey { src: ip.src, dst: vip, sport: ports[0], dport: ports[1], proto: ip.proto, _pad: [0; 3] };
+            let _ = OV_CT.remove(&fkey);
+        }
+    }
+    Ok(())
+}
+
 /// Rewrite the destination address, with incremental checksum updates the kernel's helpers
 /// apply correctly to offloaded (CHECKSUM_PARTIAL) packets too; a UDP checksum of 0 stays 0.
 #[inline(always)]

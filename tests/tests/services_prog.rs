@@ -992,3 +992,26 @@ fn a_backend_calling_its_own_service_is_never_handed_to_itself() {
     // Anyone else still reaches C.
     assert_eq!(where_to(&run(&mut bed, Prog::FromA, &syn(40000)).out), BC);
 }
+
+// ---------------------------------------------------------------------------------------
+// A client reusing a VIP flow's ports to reach the backend directly
+
+#[test]
+fn a_direct_connection_on_a_vip_flows_ports_is_not_reverse_natted() {
+    let mut bed = bed_with_service(SCHED_MAGLEV);
+    let p = port_to(&TABLE, 6, TCP_PORT, ID_C);
+    new_tcp_flow(&mut bed, p, BC);
+    assert_eq!(bed.conntrack().len(), 2, "the VIP flow is tracked");
+    // The same client port, now straight to C's own address (Linux reuses ephemeral ports
+    // towards another destination at once).
+    let direct = ip_frame(MAC_C, MAC_A, A, C, 6, &tcp(A, C, p, TCP_PORT, 5000, 0, TCP_SYN, &[]));
+    let r = run(&mut bed, Prog::FromA, &direct);
+    r.expect(TC_ACT_REDIRECT, &[FwdCounter::LocalDelivery], "direct SYN to C");
+    assert_eq!(r.out, direct, "delivered unchanged");
+    assert!(bed.conntrack().is_empty(), "the VIP flow's entries are gone");
+    // C's answer goes to A from C's own address, not the VIP's.
+    let reply = ip_frame(MAC_A, MAC_C, C, A, 6, &tcp(C, A, TCP_PORT, p, 9000, 5001, TCP_SYN | TCP_ACK, &[]));
+    let r = run(&mut bed, Prog::FromC, &reply);
+    r.expect(TC_ACT_REDIRECT, &[FwdCounter::LocalDelivery], "C's reply to the direct connection");
+    assert_eq!(r.out, reply, "not reverse-NATed");
+}

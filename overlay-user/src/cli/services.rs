@@ -40,6 +40,20 @@ struct Totals {
     out_bytes: u64,
 }
 
+impl Totals {
+    fn plus(&self, o: &Totals) -> Totals {
+        Totals {
+            active: self.active + o.active,
+            inactive: self.inactive + o.inactive,
+            conns: self.conns + o.conns,
+            in_pkts: self.in_pkts + o.in_pkts,
+            in_bytes: self.in_bytes + o.in_bytes,
+            out_pkts: self.out_pkts + o.out_pkts,
+            out_bytes: self.out_bytes + o.out_bytes,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct BackendRow {
     endpoint: String,
@@ -48,13 +62,8 @@ struct BackendRow {
     weight: u32,
     /// Share of new connections (of the lookup table).
     share_percent: f64,
-    active: u64,
-    inactive: u64,
-    conns: u64,
-    in_pkts: u64,
-    in_bytes: u64,
-    out_pkts: u64,
-    out_bytes: u64,
+    #[serde(flatten)]
+    counts: Totals,
 }
 
 pub fn main(a: Args) -> Result<ExitCode> {
@@ -84,25 +93,19 @@ pub fn main(a: Args) -> Result<ExitCode> {
                         } else {
                             0.0
                         },
-                        active,
-                        inactive,
-                        conns: s.conns,
-                        in_pkts: s.in_pkts,
-                        in_bytes: s.in_bytes,
-                        out_pkts: s.out_pkts,
-                        out_bytes: s.out_bytes,
+                        counts: Totals {
+                            active,
+                            inactive,
+                            conns: s.conns,
+                            in_pkts: s.in_pkts,
+                            in_bytes: s.in_bytes,
+                            out_pkts: s.out_pkts,
+                            out_bytes: s.out_bytes,
+                        },
                     }
                 })
                 .collect::<Vec<BackendRow>>();
-            let total = backends.iter().fold(Totals::default(), |t, b| Totals {
-                active: t.active + b.active,
-                inactive: t.inactive + b.inactive,
-                conns: t.conns + b.conns,
-                in_pkts: t.in_pkts + b.in_pkts,
-                in_bytes: t.in_bytes + b.in_bytes,
-                out_pkts: t.out_pkts + b.out_pkts,
-                out_bytes: t.out_bytes + b.out_bytes,
-            });
+            let total = backends.iter().fold(Totals::default(), |t, b| t.plus(&b.counts));
             Row { view: v, backends, total }
         })
         .collect();
@@ -148,13 +151,13 @@ pub fn main(a: Args) -> Result<ExitCode> {
                 format!("{} ({}@{})", b.ip, b.endpoint, b.node),
                 b.weight,
                 b.share_percent,
-                b.active,
-                b.inactive,
-                b.conns,
-                b.in_pkts,
-                b.in_bytes,
-                b.out_pkts,
-                b.out_bytes
+                b.counts.active,
+                b.counts.inactive,
+                b.counts.conns,
+                b.counts.in_pkts,
+                b.counts.in_bytes,
+                b.counts.out_pkts,
+                b.counts.out_bytes
             );
         }
     }

@@ -224,28 +224,12 @@ fn write_table(map: &mut Map, t: &Table) -> Result<()> {
     Ok(())
 }
 
+/// Removals first (a map at its capacity then has room for the additions), then writes.
 fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     map: &mut Map,
     current: &FxHashMap<K, V>,
     desired: &FxHashMap<K, V>,
     name: &str,
 ) -> Result<usize> {
-    let mut m = BpfHashMap::<_, K, V>::try_from(map)?;
-    let mut writes = 0;
-    for k in current.keys() {
-        if !desired.contains_key(k) {
-            match m.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).with_context(|| format!("removing from {name}")),
-            }
-            writes += 1;
-        }
-    }
-    for (k, v) in desired {
-        if current.get(k) != Some(v) {
-            m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
-            writes += 1;
-        }
-    }
-    Ok(writes)
+    Ok(remove_hash(map, current, desired, name)? + upsert_hash(map, current, desired, name)?)
 }

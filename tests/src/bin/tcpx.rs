@@ -70,24 +70,29 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Echo everything back until the peer closes, then close our side.
+fn echo(s: &mut TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
 fn serve(port: u16) -> i32 {
     let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
         std::thread::spawn(move || {
             let _ = s.set_nodelay(true);
-            let mut buf = vec![0u8; 65536];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = s.shutdown(Shutdown::Write);
+            echo(&mut s);
         });
     }
     0
@@ -210,21 +215,9 @@ fn id_server(port: u16, name: &str) -> i32 {
         let reply = reply.clone();
         std::thread::spawn(move || {
             let _ = s.set_nodelay(true);
-            if s.write_all(reply.as_bytes()).is_err() {
-                return;
+            if s.write_all(reply.as_bytes()).is_ok() {
+                echo(&mut s);
             }
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = s.shutdown(Shutdown::Write);
         });
     }
     0
