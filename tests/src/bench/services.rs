@@ -37,12 +37,17 @@ fn filler_ip(i: u32, b: u32) -> String {
 
 /// Services 1..n balance filler endpoints on the ghost node; service 0 balances the real backends.
 fn services_toml(n: u32) -> String {
-    let mut s = String::from("[[nodes]]\nname = \"ghost\"\naddress = \"192.168.50.99\"\n\n");
+    // Ten nodes that run no agent hold the fillers (a node holds at most 4,096 endpoints).
+    let mut s = String::new();
+    for g in 0..10 {
+        let _ = writeln!(s, "[[nodes]]\nname = \"ghost{g}\"\naddress = \"192.168.50.{}\"\n", 100 + g);
+    }
     for i in 1..n {
         for b in 0..3 {
             let _ = writeln!(
                 s,
-                "[[endpoints]]\nname = \"f{i}.{b}\"\nnetwork = \"big\"\nnode = \"ghost\"\nip = \"{}\"\n",
+                "[[endpoints]]\nname = \"f{i}.{b}\"\nnetwork = \"big\"\nnode = \"ghost{}\"\nip = \"{}\"\n",
+                i % 10,
                 filler_ip(i, b)
             );
         }
@@ -91,8 +96,11 @@ fn nft_ruleset(n: u32) -> String {
 }
 
 fn spec() -> ClusterSpec {
-    ClusterSpec::default()
-        .node("node-a", "192.168.50.11")
+    let mut s = ClusterSpec::default();
+    // 10,000 services of 3 backends must fit the lookup-table map (2,000 would need 80M slots);
+    // the per-packet path does not depend on the table size.
+    s.maglev_slots_per_backend = Some(100);
+    s.node("node-a", "192.168.50.11")
         .node("node-b", "192.168.50.12")
         .network("big", 4100, "10.64.0.0/12")
         .endpoint("client", "big", "node-a", "10.64.0.3")
@@ -141,6 +149,9 @@ fn measure(n: u32, rounds: u32, secs: f64) -> Result<Paths> {
         servers.push(Proc(spawn_in(&ns, &format!("{} serve {PORT}", tcpx_bin().display()), log)?));
     }
     let client = c.container("client").name.clone();
+    // Thousands of short connections a second from one sandbox: without reuse, TIME_WAIT would
+    // exhaust its ephemeral ports within a round and connect() would be what is measured.
+    crate::run(&mut in_netns(&client, "sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1"))?;
     let rules = c.run_dir.path.join("lb.nft");
     std::fs::write(&rules, nft_ruleset(n))?;
     crate::run(&mut in_netns(&client, &format!("nft -f {}", rules.display()))).context("loading the nftables rules")?;
