@@ -96,11 +96,10 @@ fn nft_ruleset(n: u32) -> String {
 }
 
 fn spec() -> ClusterSpec {
-    let mut s = ClusterSpec::default();
     // 10,000 services of 3 backends must fit the lookup-table map (2,000 would need 80M slots);
     // the per-packet path does not depend on the table size.
-    s.maglev_slots_per_backend = Some(100);
-    s.node("node-a", "192.168.50.11")
+    ClusterSpec { maglev_slots_per_backend: Some(100), ..Default::default() }
+        .node("node-a", "192.168.50.11")
         .node("node-b", "192.168.50.12")
         .network("big", 4100, "10.64.0.0/12")
         .endpoint("client", "big", "node-a", "10.64.0.3")
