@@ -105,6 +105,14 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
     if !ip.plain {
         return Err(DropReason::VipUnsupported);
     }
+    // Reads are bounded by the IPv4 length, never by the frame (whose tail the sender controls).
+    let l4_min = match ip.proto {
+        IPPROTO_TCP => TCP_LEN,
+        _ => 8,
+    };
+    if (ip.tot_len as usize) < IPV4_LEN + l4_min || ctx.len() < (ETH_LEN + ip.tot_len as usize) as u32 {
+        return Err(DropReason::BadLength);
+    }
     ensure_linear(ctx, NEED_LINEAR)?;
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     if ip.proto == IPPROTO_ICMP {
@@ -381,6 +389,16 @@ pub fn reply_of(pkt: &Packet, base: usize) -> Result<Option<Reverse>, DropReason
     }
     let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
     let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    // Only what the IPv4 length covers is read: bytes past it are trailer, not headers.
+    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let need = match h[9] {
+        IPPROTO_TCP => IPV4_LEN + TCP_LEN,
+        IPPROTO_UDP => IPV4_LEN + 8,
+        _ => IPV4_LEN + 8 + IPV4_LEN + 4,
+    };
+    if tot_len < need {
+        return Ok(None);
+    }
     let key = match h[9] {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports: [u16; 2] = read(pkt, base + L4)?;

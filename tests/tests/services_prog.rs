@@ -1015,3 +1015,44 @@ fn a_direct_connection_on_a_vip_flows_ports_is_not_reverse_natted() {
     r.expect(TC_ACT_REDIRECT, &[FwdCounter::LocalDelivery], "C's reply to the direct connection");
     assert_eq!(r.out, reply, "not reverse-NATed");
 }
+
+// ---------------------------------------------------------------------------------------
+// Reads bounded by the IPv4 length, not the frame
+
+/// `frame` with its IPv4 total length cut to `tot_len` (header checksum fixed): what follows
+/// is trailer, whatever it looks like.
+fn with_tot_len(mut frame: Vec<u8>, tot_len: u16) -> Vec<u8> {
+    frame[16..18].copy_from_slice(&tot_len.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+#[test]
+fn a_vip_packet_shorter_than_its_headers_is_dropped_as_bad_length() {
+    let mut bed = bed_with_service(SCHED_MAGLEV);
+    // A SYN whose IPv4 length covers the IPv4 header only: the "TCP header" is trailer.
+    run(&mut bed, Prog::FromA, &with_tot_len(syn(40000), 20)).expect_drop(DropReason::BadLength, "TCP in the trailer");
+    run(&mut bed, Prog::FromA, &with_tot_len(syn(40000), 39)).expect_drop(DropReason::BadLength, "TCP cut short");
+    let udp = client_udp(VIP, VIP_MAC, 40000, b"q", true);
+    run(&mut bed, Prog::FromA, &with_tot_len(udp, 27)).expect_drop(DropReason::BadLength, "UDP cut short");
+    // An IPv4 length past the frame's end.
+    let syn = syn(40001);
+    let claimed = (syn.len() - 14 + 10) as u16;
+    run(&mut bed, Prog::FromA, &with_tot_len(syn, claimed)).expect_drop(DropReason::BadLength, "longer than the frame");
+    assert!(bed.conntrack().is_empty(), "nothing tracked");
+}
+
+#[test]
+fn a_reply_whose_ports_are_trailer_is_not_reverse_natted() {
+    let mut bed = bed_with_service(SCHED_MAGLEV);
+    let p = port_to(&TABLE, 6, TCP_PORT, ID_C);
+    new_tcp_flow(&mut bed, p, BC);
+    // From C to A, IPv4 length 20: the bytes that would be the tracked flow's ports are trailer.
+    let reply = ip_frame(MAC_A, MAC_C, C, A, 6, &tcp(C, A, TCP_PORT, p, 7000, 1001, TCP_ACK, &[]));
+    let cut = with_tot_len(reply, 20);
+    let r = run(&mut bed, Prog::FromC, &cut);
+    r.expect(TC_ACT_REDIRECT, &[FwdCounter::LocalDelivery], "cut reply from C");
+    assert_eq!(r.out, cut, "delivered as it was, not reverse-NATed");
+}
