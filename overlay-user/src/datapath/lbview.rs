@@ -90,13 +90,18 @@ pub fn flows_from_pins(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
 /// Empty a node's conntrack table through its pin; returns how many entries were removed.
 /// For tests and operators: every flow must survive it (the hash finds its backend again).
 pub fn flush_conntrack_pins(pin_dir: &Path) -> Result<usize> {
-    let mut map = Map::LruHashMap(open_pin(pin_dir, MAP_CT)?);
-    let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(&mut map)?;
-    let keys: Vec<CtKey> = m.keys().filter_map(|k| k.ok()).collect();
-    for k in &keys {
+    remove_where(&mut Map::LruHashMap(open_pin(pin_dir, MAP_CT)?), |_, _| true)
+}
+
+/// Remove the conntrack entries `remove` picks; returns how many. Entries the datapath evicts
+/// meanwhile are simply gone already.
+fn remove_where(map: &mut Map, remove: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+    let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map)?;
+    let doomed: Vec<CtKey> = m.iter().filter_map(|kv| kv.ok()).filter(|(k, e)| remove(k, e)).map(|(k, _)| k).collect();
+    for k in &doomed {
         let _ = m.remove(k);
     }
-    Ok(keys.len())
+    Ok(doomed.len())
 }
 
 /// Counters of these backend ids, from the pins.
@@ -117,27 +122,14 @@ impl Datapath {
     /// LRU map evicts on its own when full): a removed flow that sends again finds its backend
     /// again from the hash.
     pub fn sweep_conntrack(&mut self) -> Result<usize> {
-        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?)?;
         let now = now_ns();
-        let stale: Vec<CtKey> = m
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter(|(k, e)| now.saturating_sub(e.last_seen) > ct_timeout_ns(k.proto, e.flags))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            let _ = m.remove(k);
-        }
-        Ok(stale.len())
+        remove_where(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?, |k, e| {
+            now.saturating_sub(e.last_seen) > ct_timeout_ns(k.proto, e.flags)
+        })
     }
 
     /// Empty the conntrack table (tests: a flow must survive losing its entry).
     pub fn flush_conntrack(&mut self) -> Result<usize> {
-        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?)?;
-        let keys: Vec<CtKey> = m.keys().filter_map(|k| k.ok()).collect();
-        for k in &keys {
-            let _ = m.remove(k);
-        }
-        Ok(keys.len())
+        remove_where(self.ebpf.map_mut(MAP_CT).context("no conntrack map")?, |_, _| true)
     }
 }
