@@ -62,6 +62,12 @@ impl Subnet {
     pub fn broadcast(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) | !self.mask())
     }
+    /// The lowest address that is neither the network's nor its broadcast address: Docker's
+    /// default gateway. `None` for /31 and /32.
+    fn first_host(self) -> Option<Ipv4Addr> {
+        let first = u32::from(self.addr).checked_add(1)?;
+        (first < u32::from(self.broadcast())).then(|| Ipv4Addr::from(first))
+    }
     /// CIDR blocks overlap exactly when one contains the other's base address.
     pub fn overlaps(self, other: Subnet) -> bool {
         self.contains(other.addr) || other.contains(self.addr)
@@ -82,6 +88,9 @@ pub struct Network {
     pub gateway: Option<Ipv4Addr>,
     /// `None`: underlay MTU minus the VXLAN overhead, known only on the node.
     pub mtu: Option<u32>,
+    /// Docker's `ingress` network: routing-mesh traffic between nodes travels on it. At most one;
+    /// its gateway is always set (Docker's default when the file gives none).
+    pub ingress: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +167,31 @@ impl Protocol {
     }
 }
 
+/// How a published port is reached (Docker's `--publish mode=`): on every node, the routing
+/// mesh balancing over all the service's tasks (`ingress`), or on the nodes that run a task, to
+/// that task (`host`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PublishMode {
+    Ingress,
+    Host,
+}
+
+impl PublishMode {
+    pub const ALL: [PublishMode; 2] = [PublishMode::Ingress, PublishMode::Host];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        }
+    }
+}
+
+impl fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for EndpointMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -176,11 +210,16 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A port balanced on every VIP of its service; backends receive it unchanged.
+/// A port balanced on every VIP of its service; backends receive it unchanged. A published port
+/// is also reached on the nodes' addresses, on `published`, and arrives at `target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
     pub protocol: Protocol,
     pub target: u16,
+    /// Published on the nodes' addresses (the routing mesh), or None.
+    pub published: Option<u16>,
+    /// Meaningful when `published` is set; `Ingress` otherwise.
+    pub publish_mode: PublishMode,
 }
 
 /// A service's address on one network (at most one a network).
@@ -199,7 +238,8 @@ pub struct Backend {
 }
 
 /// A validated service: its VIPs, ports and backends resolve, and in vip mode every backend is on
-/// a network the service has a VIP on.
+/// a network the service has a VIP on, or on the ingress network if the service publishes a port
+/// (its backends there are the ones published traffic goes to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
@@ -231,6 +271,10 @@ impl ClusterState {
     }
     pub fn network_of(&self, ep: &Endpoint) -> &Network {
         &self.networks[&ep.network]
+    }
+    /// The network with `ingress = true`, if any (validation allows one).
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks.values().find(|n| n.ingress)
     }
     pub fn local_endpoints<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
         self.endpoints.values().filter(move |e| e.node == node)

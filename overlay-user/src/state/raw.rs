@@ -39,6 +39,7 @@ pub(super) struct RawNetwork {
     pub subnet: String,
     pub gateway: Option<String>,
     pub mtu: Option<i64>,
+    pub ingress: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -53,8 +54,8 @@ pub(super) struct RawEndpoint {
     pub ifname: Option<String>,
 }
 
-/// Keywords (`endpoint_mode`, `scheduler`, `protocol`) stay strings here so that validation, not
-/// serde, refuses a misspelling, naming the field and the allowed values.
+/// Keywords (`endpoint_mode`, `scheduler`, `protocol`, `publish_mode`) stay strings here so that
+/// validation, not serde, refuses a misspelling, naming the field and the allowed values.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
@@ -81,6 +82,8 @@ pub(super) struct RawVip {
 pub(super) struct RawPort {
     pub protocol: String,
     pub target: i64,
+    pub published: Option<i64>,
+    pub publish_mode: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]

@@ -294,8 +294,8 @@ fn services_parse_with_defaults() {
         scheduler: Scheduler::Maglev,
         vips: vec![ServiceVip { network: "app-net".into(), ip: Ipv4Addr::new(10, 0, 9, 2) }],
         ports: vec![
-            ServicePort { protocol: Protocol::Tcp, target: 80 },
-            ServicePort { protocol: Protocol::Udp, target: 53 },
+            ServicePort { protocol: Protocol::Tcp, target: 80, published: None, publish_mode: PublishMode::Ingress },
+            ServicePort { protocol: Protocol::Udp, target: 53, published: None, publish_mode: PublishMode::Ingress },
         ],
         backends: vec![
             Backend { endpoint: "web.1".into(), weight: 3 },
@@ -342,9 +342,9 @@ fn services_as_tables_equal_inline_tables() {
 fn service_unknown_keys_are_rejected() {
     let err = parse(&with_web(&format!("{WEB}\nmode = \"vip\"")), Path::new("t.toml")).unwrap_err();
     assert!(err.to_string().contains("mode"), "{err}");
-    let text = with_web(&WEB.replace("target = 80", "target = 80, published = 8080"));
+    let text = with_web(&WEB.replace("target = 80", "target = 80, host_port = 8080"));
     let err = parse(&text, Path::new("t.toml")).unwrap_err();
-    assert!(err.to_string().contains("published"), "{err}");
+    assert!(err.to_string().contains("host_port"), "{err}");
 }
 
 #[test]
@@ -523,14 +523,23 @@ fn service_capacity_is_checked() {
         endpoint_mode: EndpointMode::Vip,
         scheduler: Scheduler::Maglev,
         vips: (0..vips).map(|i| ServiceVip { network: format!("n{i}"), ip: Ipv4Addr::from(i as u32) }).collect(),
-        ports: (0..ports).map(|i| ServicePort { protocol: Protocol::Tcp, target: i as u16 + 1 }).collect(),
+        ports: (0..ports)
+            .map(|i| ServicePort {
+                protocol: Protocol::Tcp,
+                target: i as u16 + 1,
+                published: None,
+                publish_mode: PublishMode::Ingress,
+            })
+            .collect(),
         backends: (0..backends).map(|i| Backend { endpoint: format!("e{i}"), weight: 1 }).collect(),
     };
-    let check = |services: &[Service], slots: u32| {
+    // Every publishing service is given `published` backends on the ingress network.
+    let check_published = |services: &[Service], slots: u32, published: usize| {
         let mut p = Problems::default();
-        capacity(&services.iter().map(|s| (s.name.clone(), s.clone())).collect(), slots, &mut p);
+        capacity(&services.iter().map(|s| (s.name.clone(), s.clone())).collect(), slots, |_| published, &mut p);
         p.0
     };
+    let check = |services: &[Service], slots: u32| check_published(services, slots, 0);
     // One table of about 6M slots fits twice (itself and its replacement); two plus room do not.
     assert!(check(&[service("a", 4, 1, 1)], 1_500_000).is_empty());
     let p = check(&[service("a", 3, 1, 1), service("b", 4, 1, 1)], 1_500_000);
@@ -548,6 +557,30 @@ fn service_capacity_is_checked() {
     assert!(has(&p, "services", "ports", "65792 (VIP, port) pairs"), "{p:?}");
     let p = check(&[service("a", MAX_BACKENDS as usize + 1, 0, 0)], 100);
     assert!(has(&p, "services", "backends", &format!("{} backends", MAX_BACKENDS + 1)), "{p:?}");
+
+    // A published port is one more key: 256 x 256 fits exactly, one published port more does not.
+    let mut full = service("a", 1, 256, 256);
+    assert!(check(&[full.clone()], 100).is_empty());
+    full.ports[0].published = Some(8080);
+    let p = check(&[full], 100);
+    assert!(has(&p, "services", "ports", "65537 (VIP, port) pairs and published ports"), "{p:?}");
+    // A publishing service has one more table, sized by its backends on the ingress network: the
+    // one-table case above fits with an empty published table, not with one as large as its own.
+    let mut publishing = service("a", 4, 1, 1);
+    publishing.ports[0].published = Some(8080);
+    assert!(check_published(&[publishing.clone()], 1_500_000, 0).is_empty());
+    let p = check_published(&[publishing], 1_500_000, 4);
+    assert!(has(&p, "cluster", "maglev_slots_per_backend", "need 18000"), "{p:?}");
+    // A dnsrr service's published ports bring their backends on the ingress network into the
+    // datapath; one that publishes nothing has none there.
+    let mut dns = service("d", 1, 0, 1);
+    dns.endpoint_mode = EndpointMode::Dnsrr;
+    let over = MAX_BACKENDS as usize + 1;
+    assert!(check_published(&[dns.clone()], 100, over).is_empty());
+    dns.ports[0].published = Some(8080);
+    dns.ports[0].publish_mode = PublishMode::Host;
+    let p = check_published(&[dns], 100, over);
+    assert!(has(&p, "services", "backends", &format!("{over} backends")), "{p:?}");
 }
 
 #[test]
@@ -572,7 +605,9 @@ fn incremental_parse_with_services_equals_full_parse() {
          \n[[endpoints]]\nname = \"api.2\"\nnetwork = \"app-net\"\nnode = \"node-b\"\nip = \"10.0.9.8\"\n";
     let a = inc.parse(&spread, path).unwrap();
     assert_eq!(a, parse(&spread, path).unwrap());
-    assert_eq!(a.services["api"].ports, vec![ServicePort { protocol: Protocol::Tcp, target: 8080 }]);
+    let api_port =
+        ServicePort { protocol: Protocol::Tcp, target: 8080, published: None, publish_mode: PublishMode::Ingress };
+    assert_eq!(a.services["api"].ports, vec![api_port]);
     let reweighted = spread.replace("{ endpoint = \"web.2\" },", "{ endpoint = \"web.2\", weight = 5 },");
     let a = inc.parse(&reweighted, path).unwrap();
     assert_eq!(a, parse(&reweighted, path).unwrap());
@@ -580,4 +615,323 @@ fn incremental_parse_with_services_equals_full_parse() {
     // A service's problems are the full parser's.
     let bad = reweighted.replace("target = 8080", "target = 0");
     assert_eq!(inc.parse(&bad, path).unwrap_err().problems(), parse(&bad, path).unwrap_err().problems());
+}
+
+// The routing mesh. `INGRESS` adds Docker's ingress network and the web tasks' endpoints on it
+// (`web.3i` shares node-a with `web.1i`).
+
+const INGRESS: &str = r#"
+[[networks]]
+name = "ingress"
+vni = 4096
+subnet = "10.0.0.0/24"
+ingress = true
+
+[[endpoints]]
+name = "web.1i"
+network = "ingress"
+node = "node-a"
+ip = "10.0.0.3"
+
+[[endpoints]]
+name = "web.2i"
+network = "ingress"
+node = "node-b"
+ip = "10.0.0.4"
+
+[[endpoints]]
+name = "web.3i"
+network = "ingress"
+node = "node-a"
+ip = "10.0.0.5"
+"#;
+
+/// `with_web(web)` plus the ingress network.
+fn with_ingress(web: &str) -> String {
+    with_web(web) + INGRESS
+}
+
+/// `WEB` publishing `ports` and balancing over `web.1`, `web.2` and the listed `backends` too.
+fn published_web(ports: &str, backends: &str) -> String {
+    WEB.replace("ports = [ { protocol = \"tcp\", target = 80 } ]", &format!("ports = [ {ports} ]"))
+        .replace("{ endpoint = \"web.2\" } ]", &format!("{{ endpoint = \"web.2\" }}{backends} ]"))
+}
+
+const MESH_PORTS: &str = "{ protocol = \"tcp\", target = 80, published = 8080 }, \
+     { protocol = \"udp\", target = 53, published = 5353, publish_mode = \"ingress\" }, \
+     { protocol = \"tcp\", target = 9100, published = 9100, publish_mode = \"host\" }";
+
+/// A second service, `api`, publishing `ports` with `backends`.
+fn api(ports: &str, backends: &str) -> String {
+    format!("\n[[services]]\nname = \"api\"\nports = [ {ports} ]\nbackends = [ {backends} ]\n")
+}
+
+#[test]
+fn published_ports_and_the_ingress_network_parse() {
+    let web = published_web(MESH_PORTS, ", { endpoint = \"web.1i\" }, { endpoint = \"web.2i\" }");
+    let text = with_ingress(&web);
+    let path = Path::new("t.toml");
+    let s = parse(&text, path).unwrap();
+    let port = |protocol, target, published, publish_mode| ServicePort {
+        protocol,
+        target,
+        published: Some(published),
+        publish_mode,
+    };
+    assert_eq!(
+        s.services["web"].ports,
+        vec![
+            port(Protocol::Tcp, 80, 8080, PublishMode::Ingress),
+            port(Protocol::Udp, 53, 5353, PublishMode::Ingress),
+            port(Protocol::Tcp, 9100, 9100, PublishMode::Host),
+        ]
+    );
+    let backends: Vec<&str> = s.services["web"].backends.iter().map(|b| b.endpoint.as_str()).collect();
+    assert_eq!(backends, ["web.1", "web.2", "web.1i", "web.2i"]);
+    let ingress = &s.networks["ingress"];
+    assert!(ingress.ingress);
+    assert_eq!(ingress.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)), "Docker's default gateway");
+    assert_eq!(s.ingress_network().map(|n| n.name.as_str()), Some("ingress"));
+    assert!(!s.networks["app-net"].ingress);
+    assert_eq!(s.networks["app-net"].gateway, Some(Ipv4Addr::new(10, 0, 9, 1)));
+    assert_eq!(s.networks["db-net"].gateway, None, "only the ingress network gets a default gateway");
+    assert_eq!(inc_parse(&text), s);
+    assert_eq!(PublishMode::Host.to_string(), "host");
+    assert_eq!(PublishMode::ALL.map(PublishMode::as_str), ["ingress", "host"]);
+
+    // A gateway written in the file is kept; `ingress = false` is the default.
+    let own = text.replace("subnet = \"10.0.0.0/24\"\n", "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.254\"\n");
+    assert_eq!(parse(&own, path).unwrap().networks["ingress"].gateway, Some(Ipv4Addr::new(10, 0, 0, 254)));
+    let off = with_services().replace("mtu = 1450", "mtu = 1450\ningress = false");
+    let s = parse(&off, path).unwrap();
+    assert!(!s.networks["app-net"].ingress && s.ingress_network().is_none());
+}
+
+fn inc_parse(text: &str) -> ClusterState {
+    IncrementalParser::default().parse(text, Path::new("t.toml")).unwrap()
+}
+
+#[test]
+fn a_published_service_needs_no_vip() {
+    let text =
+        with_ingress(WEB) + &api("{ protocol = \"tcp\", target = 80, published = 8081 }", "{ endpoint = \"web.3i\" }");
+    let s = parse(&text, Path::new("t.toml")).unwrap();
+    assert!(s.services["api"].vips.is_empty());
+    assert_eq!(s.services["api"].ports[0].published, Some(8081));
+    // A VIP still needs a port, published or not.
+    let p = problems(&with_ingress(&WEB.replace("ports = [ { protocol = \"tcp\", target = 80 } ]", "")));
+    assert!(has(&p, "services \"web\"", "ports", "a VIP balances the listed ports only"), "{p:?}");
+}
+
+#[test]
+fn published_port_values_are_checked() {
+    let e = "services \"web\"";
+    for bad in ["0", "65536", "-1"] {
+        let p = problems(&with_ingress(&published_web(
+            &format!("{{ protocol = \"tcp\", target = 80, published = {bad} }}"),
+            "",
+        )));
+        assert!(has(&p, e, "ports[0].published", &format!("{bad} is not a port (1..=65535)")), "{p:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+    let p = problems(&with_ingress(&published_web(
+        "{ protocol = \"tcp\", target = 80, published = 8080, publish_mode = \"Host\" }",
+        "",
+    )));
+    assert!(has(&p, e, "ports[0].publish_mode", "`Host` is not a publish mode (ingress, host)"), "{p:?}");
+    let p = problems(&with_ingress(&published_web("{ protocol = \"tcp\", target = 80, publish_mode = \"host\" }", "")));
+    assert!(has(&p, e, "ports[0].publish_mode", "needs `published`"), "{p:?}");
+    assert_eq!(p.len(), 1, "{p:?}");
+    // The nodes' VXLAN port is not free to publish, over UDP.
+    let p = problems(&with_ingress(&published_web("{ protocol = \"udp\", target = 53, published = 4789 }", "")));
+    assert!(has(&p, e, "ports[0].published", "udp/4789 is the cluster's VXLAN port"), "{p:?}");
+    assert!(parse(
+        &with_ingress(&published_web("{ protocol = \"tcp\", target = 80, published = 4789 }", "")),
+        Path::new("t.toml")
+    )
+    .is_ok());
+}
+
+#[test]
+fn one_ingress_network_with_a_gateway() {
+    let second = "\n[[networks]]\nname = \"mesh2\"\nvni = 4095\nsubnet = \"10.0.1.0/24\"\ningress = true\n";
+    let p = problems(&(with_ingress(WEB) + second));
+    assert!(
+        has(
+            &p,
+            "networks \"mesh2\"",
+            "ingress",
+            "network \"ingress\" is already the ingress network; a cluster has one"
+        ),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    // The default gateway is reserved like a written one, for endpoints and VIPs.
+    let p = problems(&with_ingress(WEB).replace("ip = \"10.0.0.4\"", "ip = \"10.0.0.1\""));
+    assert!(has(&p, "endpoints \"web.2i\"", "ip", "10.0.0.1 is the gateway of network \"ingress\""), "{p:?}");
+    let vip =
+        WEB.replace("{ network = \"app-net\", ip = \"10.0.9.2\" }", "{ network = \"ingress\", ip = \"10.0.0.1\" }");
+    let p = problems(&with_ingress(&vip));
+    assert!(has(&p, "services \"web\"", "vips[0].ip", "gateway of network \"ingress\""), "{p:?}");
+    // Parsing refuses /31 and /32 before this; the default is still never a non-host address.
+    let subnet = |a: [u8; 4], prefix| Subnet { addr: Ipv4Addr::from(a), prefix };
+    assert_eq!(subnet([10, 0, 0, 0], 30).first_host(), Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert_eq!(subnet([10, 0, 0, 0], 31).first_host(), None);
+    assert_eq!(subnet([10, 0, 0, 0], 32).first_host(), None);
+    assert_eq!(subnet([255, 255, 255, 255], 32).first_host(), None);
+}
+
+#[test]
+fn publishing_needs_the_ingress_network() {
+    let e = "services \"web\"";
+    let ports = "{ protocol = \"tcp\", target = 80 }, \
+                 { protocol = \"tcp\", target = 81, published = 8081, publish_mode = \"host\" }";
+    let web = published_web(ports, "");
+    let p = problems(&with_web(&web));
+    assert!(
+        has(
+            &p,
+            e,
+            "ports[1].published",
+            "a published port needs a network with `ingress = true` (Docker's ingress network)"
+        ),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    // An ingress network that is invalid is named.
+    let p = problems(&with_ingress(&web).replace("vni = 4096", "vni = 0"));
+    assert!(has(&p, e, "ports[1].published", "(network \"ingress\" has it, but is invalid)"), "{p:?}");
+}
+
+#[test]
+fn published_ports_collide() {
+    let path = Path::new("t.toml");
+    let web = published_web(MESH_PORTS, ", { endpoint = \"web.1i\" }, { endpoint = \"web.2i\" }");
+    let api_e = "services \"api\"";
+    // Ingress mode takes the port on every node, whatever the other's mode and backends.
+    for mode in ["ingress", "host"] {
+        let text = with_ingress(&web)
+            + &api(&format!("{{ protocol = \"tcp\", target = 80, published = 8080, publish_mode = \"{mode}\" }}"), "");
+        let p = problems(&text);
+        assert!(
+            has(
+                &p,
+                api_e,
+                "ports[0].published",
+                "tcp/8080 is already published by service \"web\" (ports[0]); \
+                 a port published in ingress mode is taken on every node"
+            ),
+            "{mode}: {p:?}"
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+    let text = with_ingress(&web) + &api("{ protocol = \"tcp\", target = 80, published = 9100 }", "");
+    let p = problems(&text);
+    assert!(
+        has(&p, api_e, "ports[0].published", "tcp/9100 is already published by service \"web\" (ports[2])"),
+        "{p:?}"
+    );
+    // Another protocol is another port.
+    assert!(
+        parse(&(with_ingress(&web) + &api("{ protocol = \"udp\", target = 80, published = 8080 }", "")), path).is_ok()
+    );
+    // Host mode collides only on a node where both have a backend on the ingress network.
+    let host = "{ protocol = \"tcp\", target = 9100, published = 9100, publish_mode = \"host\" }";
+    let web_a = published_web(MESH_PORTS, ", { endpoint = \"web.1i\" }");
+    assert!(parse(&(with_ingress(&web_a) + &api(host, "{ endpoint = \"web.2i\" }")), path).is_ok());
+    let p = problems(&(with_ingress(&web_a) + &api(host, "{ endpoint = \"web.3i\" }")));
+    assert!(
+        has(
+            &p,
+            api_e,
+            "ports[0].published",
+            "tcp/9100 is already published in host mode by service \"web\" (ports[2]), \
+             which also has a backend on the ingress network on node \"node-a\""
+        ),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    // Within one service, any two publications of a port collide, as Docker refuses them.
+    let twice = "{ protocol = \"tcp\", target = 80, published = 8080, publish_mode = \"host\" }, \
+                 { protocol = \"tcp\", target = 81, published = 8080, publish_mode = \"host\" }";
+    let p = problems(&with_ingress(&published_web(twice, "")));
+    assert!(has(&p, "services \"web\"", "ports[1].published", "tcp/8080 is already published (ports[0])"), "{p:?}");
+    assert_eq!(p.len(), 1, "{p:?}");
+}
+
+#[test]
+fn published_traffic_backends_are_on_the_ingress_network() {
+    let e = "services \"web\"";
+    // Without a published port, a vip-mode backend on the ingress network is off the VIPs' networks.
+    let p =
+        problems(&with_ingress(&published_web("{ protocol = \"tcp\", target = 80 }", ", { endpoint = \"web.1i\" }")));
+    assert!(
+        has(
+            &p,
+            e,
+            "backends[2].endpoint",
+            "endpoint \"web.1i\" is on network \"ingress\", but the service's VIPs are on \"app-net\" \
+             (the ingress network serves published ports: it publishes none)"
+        ),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        parse(&with_ingress(&published_web(MESH_PORTS, ", { endpoint = \"web.1i\" }")), Path::new("t.toml")).is_ok()
+    );
+    // Publishing admits the ingress network only.
+    let p = problems(&with_ingress(&published_web(MESH_PORTS, ", { endpoint = \"db.1\" }")));
+    assert!(has(&p, e, "backends[2].endpoint", "endpoint \"db.1\" is on network \"db-net\""), "{p:?}");
+}
+
+#[test]
+fn a_dnsrr_service_publishes_in_host_mode_only() {
+    let dnsrr = |ports: &str| {
+        with_ingress(WEB)
+            .replace("endpoint_mode = \"dnsrr\"", &format!("endpoint_mode = \"dnsrr\"\nports = [ {ports} ]"))
+            .replace(
+                "{ endpoint = \"db.2\", weight = 0 }",
+                "{ endpoint = \"db.2\", weight = 0 }, { endpoint = \"web.3i\" }",
+            )
+    };
+    for written in ["", ", publish_mode = \"ingress\""] {
+        let p = problems(&dnsrr(&format!("{{ protocol = \"tcp\", target = 5432, published = 5432{written} }}")));
+        assert!(
+            has(
+                &p,
+                "services \"db\"",
+                "ports[0].publish_mode",
+                "port published with ingress mode can't be used with dnsrr mode"
+            ),
+            "{written:?}: {p:?}"
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+    let s = parse(
+        &dnsrr("{ protocol = \"tcp\", target = 5432, published = 5432, publish_mode = \"host\" }"),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert_eq!(s.services["db"].ports[0].publish_mode, PublishMode::Host);
+    assert_eq!(s.services["db"].backends[2].endpoint, "web.3i");
+}
+
+#[test]
+fn host_mode_takes_one_backend_a_node() {
+    let e = "services \"web\"";
+    let two_on_a = ", { endpoint = \"web.1i\" }, { endpoint = \"web.3i\" }";
+    let p = problems(&with_ingress(&published_web(MESH_PORTS, two_on_a)));
+    assert!(
+        has(
+            &p,
+            e,
+            "ports[2].publish_mode",
+            "node \"node-a\" has two (\"web.1i\", \"web.3i\"): a node's port reaches one task"
+        ),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "only the host-mode port: {p:?}");
+    // In ingress mode the mesh balances over both.
+    let ingress_only = "{ protocol = \"tcp\", target = 80, published = 8080 }";
+    assert!(parse(&with_ingress(&published_web(ingress_only, two_on_a)), Path::new("t.toml")).is_ok());
 }

@@ -14,7 +14,7 @@ use super::{
     raw::{RawCluster, RawEndpoint, RawNetwork, RawNode, RawRefs},
     services,
     values::*,
-    ClusterState, Endpoint, Network, Node,
+    ClusterState, Endpoint, Network, Node, Service,
 };
 
 pub(super) fn validate(raw: RawRefs<'_>) -> Result<ClusterState, Vec<Problem>> {
@@ -24,10 +24,12 @@ pub(super) fn validate(raw: RawRefs<'_>) -> Result<ClusterState, Vec<Problem>> {
     let nodes = nodes(&raw.nodes, &mut p);
     let networks = networks(&raw.networks, &mut p);
     let endpoints = endpoints(&raw, &nodes, &networks, &mut p);
-    let services = services::services(&raw, &nodes, &networks, &endpoints, &mut p);
+    let services = services::services(&raw, vxlan_port, &nodes, &networks, &endpoints, &mut p);
     let state = ClusterState { vxlan_port, nodes, networks, endpoints, services, maglev_slots_per_backend };
     capacity(&state, &mut p);
-    services::capacity(&state.services, maglev_slots_per_backend, &mut p);
+    let ingress = state.ingress_network().map(|n| n.name.as_str());
+    let published_backends = |s: &Service| services::on_ingress(&s.backends, &state.endpoints, ingress).count();
+    services::capacity(&state.services, maglev_slots_per_backend, published_backends, &mut p);
     p.into_result(state)
 }
 
@@ -78,6 +80,7 @@ fn nodes(raw: &[&RawNode], p: &mut Problems) -> BTreeMap<String, Node> {
 fn networks(raw: &[&RawNetwork], p: &mut Problems) -> BTreeMap<String, Network> {
     let mut networks = BTreeMap::new();
     let mut vnis: FxHashMap<u32, &str> = FxHashMap::default();
+    let mut ingress_first: Option<&str> = None;
     for (i, n) in raw.iter().enumerate() {
         let entry = entry_name("networks", i, &n.name);
         let before = p.len();
@@ -85,6 +88,19 @@ fn networks(raw: &[&RawNetwork], p: &mut Problems) -> BTreeMap<String, Network> 
             p.add(&entry, "name", "must not be empty");
         } else if networks.contains_key(&n.name) {
             p.add(&entry, "name", "duplicate network name");
+        }
+        let ingress = n.ingress == Some(true);
+        if ingress {
+            // Published ports are looked up by port alone: two meshes could not tell their
+            // traffic apart.
+            match ingress_first {
+                Some(first) => p.add(
+                    &entry,
+                    "ingress",
+                    format!("network \"{first}\" is already the ingress network; a cluster has one"),
+                ),
+                None => ingress_first = Some(&n.name),
+            }
         }
         let vni = if (1..=MAX_VNI as i64).contains(&n.vni) {
             let vni = n.vni as u32;
@@ -107,6 +123,15 @@ fn networks(raw: &[&RawNetwork], p: &mut Problems) -> BTreeMap<String, Network> 
                 None
             }
             (Some(Ok(g)), _) => Some(g),
+            // The ingress network's gateway is answered on every node (the mesh's next hop), so
+            // it needs one; Docker's default is the subnet's first host address.
+            (None, Some(s)) if ingress => match s.first_host() {
+                Some(g) => Some(g),
+                None => {
+                    p.add(&entry, "subnet", format!("{s} has no host address for the ingress network's gateway"));
+                    None
+                }
+            },
             (None, _) => None,
         };
         let mtu = match n.mtu {
@@ -118,7 +143,7 @@ fn networks(raw: &[&RawNetwork], p: &mut Problems) -> BTreeMap<String, Network> 
             }
         };
         if let (Some(vni), Some(subnet), true) = (vni, subnet, p.len() == before) {
-            networks.insert(n.name.clone(), Network { name: n.name.clone(), vni, subnet, gateway, mtu });
+            networks.insert(n.name.clone(), Network { name: n.name.clone(), vni, subnet, gateway, mtu, ingress });
         }
     }
     overlapping_subnets(&networks, p);
