@@ -33,8 +33,10 @@ pub const MAP_CT: &str = "OV_CT";
 pub const MAP_RR: &str = "OV_RR";
 /// Traffic counters of each backend (`LbStats`), by backend id; atomic adds.
 pub const MAP_LB_STATS: &str = "OV_LB_STATS";
+/// Traffic and drops of each published port (`PortStats`), by the port's service id.
+pub const MAP_PORT_STATS: &str = "OV_PORT_STATS";
 
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_NETWORKS,
@@ -49,6 +51,7 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_CT,
     MAP_RR,
     MAP_LB_STATS,
+    MAP_PORT_STATS,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 131_072;
@@ -57,6 +60,7 @@ pub const MAX_LOCAL_IFACES: u32 = 4_096;
 pub const MAX_NODES: u32 = 16_384;
 /// (VIP, port, protocol) keys over all services.
 pub const MAX_SERVICES: u32 = 65_536;
+const _: () = assert!(MAX_SERVICES <= 1 << 16, "CtEntry::service is a u16");
 /// Backends over all services (10,000 services of 10, with room); also the size of the
 /// per-backend counters.
 pub const MAX_BACKENDS: u32 = 131_072;
@@ -69,6 +73,8 @@ pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
 pub type MaglevPair = [u32; 2];
 /// Conntrack entries (two per flow).
 pub const MAX_CT: u32 = 262_144;
+/// Published ports (protocol, port) over all services.
+pub const MAX_PUBLISHED: u32 = 4_096;
 
 /// Program names as compiled into the object.
 pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
@@ -92,6 +98,8 @@ pub struct Config {
     /// VXLAN UDP destination port (host order).
     pub vxlan_port: u16,
     pub _pad: u16,
+    /// VNI of the ingress network (routing-mesh traffic between nodes); 0: none.
+    pub ingress_vni: u32,
 }
 
 #[repr(C)]
@@ -112,6 +120,10 @@ pub const EP_VIP: u16 = 2;
 /// `EndpointInfo::flags` (and `LocalIface::flags`): the endpoint backs a service, so what it
 /// sends may be a reply to reverse-NAT.
 pub const EP_BACKEND: u16 = 4;
+/// `EndpointInfo::flags`: the ingress network's gateway, answered to ARP (its MAC is
+/// `default_mac(gateway)`): backends send their routing-mesh replies to outside clients to it.
+/// Nothing is delivered to it.
+pub const EP_GATEWAY: u16 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -131,11 +143,15 @@ pub struct EndpointInfo {
 pub struct NetworkInfo {
     /// MTU of the overlay network (inner frames).
     pub mtu: u32,
-    /// Zero today. Decapsulation checks every inner source against the endpoints of its network;
-    /// a network that carries outside clients (the routing mesh's ingress network) will get a
-    /// flag here selecting its own rule, keyed on connection tracking.
-    pub _reserved: u32,
+    /// `NET_INGRESS`, or 0.
+    pub flags: u32,
+    /// The network's gateway address (network order), 0 if none.
+    pub gateway: u32,
 }
+
+/// `NetworkInfo::flags`: the ingress network. Its frames may carry outside clients' addresses:
+/// decapsulation checks them against routing-mesh conntrack instead of the endpoint table.
+pub const NET_INGRESS: u32 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,8 +217,15 @@ pub struct ServiceInfo {
     pub offset: u32,
     pub size: u32,
     pub scheduler: u8,
-    pub _pad: [u8; 3],
+    /// `SVC_PUBLISHED` for a published port's entry.
+    pub flags: u8,
+    /// Published ports: the port the backends listen on (network order). VIPs: 0 (unchanged).
+    pub target: u16,
 }
+
+/// `ServiceInfo::flags`: the entry is a published port (key: VNI 0, address 0, the published
+/// port): traffic to the node's address on it goes through the routing mesh.
+pub const SVC_PUBLISHED: u8 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,18 +254,33 @@ pub struct CtKey {
 pub const CT_REPLY: u32 = 1;
 /// TCP: a FIN or RST was seen; the flow is closing.
 pub const CT_CLOSING: u32 = 2;
+/// A routing-mesh flow (an outside client through a published port). Its reply entry is on the
+/// entry node (`peer` = this node: reverse NAT to `nat_ip:nat_port` and send to the client with
+/// `macs`) and on the backend's node (`peer` = the entry node: replies go back there).
+pub const CT_MESH: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtEntry {
-    /// Forward entry: the backend's address. Reply entry: the VIP.
+    /// Forward entry: the backend's address. Reply entry: the VIP (mesh: the entry node's
+    /// address).
     pub nat_ip: u32,
     pub backend: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Mesh flows: the port to rewrite to (forward: the target port; reply: the published
+    /// port), network order. VIP flows: 0.
+    pub nat_port: u16,
+    /// Mesh flows: the published port's service id (its `PortStats`). Ids fit: MAX_SERVICES
+    /// is 65,536.
+    pub service: u16,
     /// bpf_ktime_get_ns of the last packet, refreshed at most once a second.
     pub last_seen: u64,
+    /// Mesh reply entries: the entry node's address (network order).
+    pub peer: u32,
+    /// Mesh reply entries on the entry node: the Ethernet header towards the client (its MAC,
+    /// then ours), taken from the client's first packet.
+    pub macs: [u8; 12],
 }
 
 /// Idle time after which the agent removes an entry (nanoseconds). Removal never breaks a
@@ -269,24 +307,41 @@ pub struct LbStats {
     pub out_bytes: u64,
 }
 
+/// Traffic and drops of one published port (atomic adds). `drops` is indexed by `DropReason`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PortStats {
+    pub traffic: LbStats,
+    pub drops: [u64; crate::stats::DropReason::COUNT as usize],
+}
+
+impl Default for PortStats {
+    fn default() -> Self {
+        Self { traffic: LbStats::default(), drops: [0; crate::stats::DropReason::COUNT as usize] }
+    }
+}
+
 // The layout is an ABI between two compilers: a change must be deliberate on both sides.
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Config>() == 20 && offset_of!(Config, ingress_vni) == 16);
     assert!(offset_of!(Config, underlay_mtu) == 8 && offset_of!(Config, vxlan_port) == 12);
     assert!(size_of::<EndpointKey>() == 8 && offset_of!(EndpointKey, ip) == 4);
     assert!(size_of::<EndpointInfo>() == 16);
     assert!(offset_of!(EndpointInfo, flags) == 6 && offset_of!(EndpointInfo, ifindex) == 8);
     assert!(offset_of!(EndpointInfo, vtep) == 12);
-    assert!(size_of::<NetworkInfo>() == 8);
+    assert!(size_of::<NetworkInfo>() == 12);
     assert!(size_of::<LocalIface>() == 16 && offset_of!(LocalIface, mac) == 8);
     assert!(size_of::<NodeInfo>() == 4);
     assert!(size_of::<NextHop>() == 16 && offset_of!(NextHop, dmac) == 4 && offset_of!(NextHop, smac) == 10);
     assert!(size_of::<ServiceKey>() == 12 && offset_of!(ServiceKey, port) == 8 && offset_of!(ServiceKey, proto) == 10);
     assert!(size_of::<ServiceInfo>() == 16 && offset_of!(ServiceInfo, scheduler) == 12);
+    assert!(offset_of!(ServiceInfo, target) == 14);
     assert!(size_of::<BackendInfo>() == 8);
     assert!(size_of::<CtKey>() == 16 && offset_of!(CtKey, sport) == 8 && offset_of!(CtKey, proto) == 12);
-    assert!(size_of::<CtEntry>() == 24 && offset_of!(CtEntry, last_seen) == 16);
+    assert!(size_of::<CtEntry>() == 40 && offset_of!(CtEntry, last_seen) == 16);
+    assert!(offset_of!(CtEntry, nat_port) == 12 && offset_of!(CtEntry, peer) == 24 && offset_of!(CtEntry, macs) == 28);
     assert!(size_of::<LbStats>() == 40);
 };
 
@@ -307,4 +362,5 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for LbStats {}
+    unsafe impl aya::Pod for PortStats {}
 }

@@ -101,8 +101,14 @@ counters! {
         BackendGone = 29, "backend-gone";
         /// The conntrack map refused an entry.
         ConntrackFull = 30, "conntrack-full";
-        /// To a VIP with IP options, as a fragment, or neither TCP, UDP nor ICMP echo.
+        /// To a VIP with IP options, as a fragment, or neither TCP, UDP nor ICMP echo; to a
+        /// published port with IP options or as a fragment.
         VipUnsupported = 31, "vip-unsupported";
+        /// Routing mesh: a backend's packet to an outside address, or such a packet returned
+        /// to its entry node, that belongs to no tracked mesh flow.
+        MeshNoFlow = 32, "mesh-no-flow";
+        /// Routing mesh in XDP: no next hop towards the backend's node is cached or resolvable.
+        NoNextHop = 33, "no-next-hop";
     }
 }
 
@@ -140,6 +146,18 @@ counters! {
         IcmpPortUnreachable = 13, "icmp-port-unreachable";
         /// Mid-flow packet with no conntrack entry: the hash picked its backend again.
         LbRepick = 14, "lb-repick";
+        /// New connection to a published port: backend picked, DNATed.
+        MeshNew = 15, "mesh-new";
+        /// Packet of a tracked flow to a published port, DNATed to its backend.
+        MeshForward = 16, "mesh-forward";
+        /// Of those (new or tracked), sent on the ingress network to the backend's node.
+        MeshEncap = 17, "mesh-encap";
+        /// Reply reverse-NATed to this node's address and published port, sent to the client.
+        MeshReverse = 18, "mesh-reverse";
+        /// A local backend's reply sent back to the flow's entry node.
+        MeshReturn = 19, "mesh-return";
+        /// Routing-mesh packet from another node's entry accepted for a local backend.
+        MeshIn = 20, "mesh-in";
     }
 }
 
@@ -149,8 +167,8 @@ mod tests {
 
     #[test]
     fn the_tables_are_consistent() {
-        assert_eq!(DropReason::COUNT, 32);
-        assert_eq!(DropReason::ALL.len(), 31);
+        assert_eq!(DropReason::COUNT, 34);
+        assert_eq!(DropReason::ALL.len(), 33);
         assert_eq!(FwdCounter::COUNT as usize, FwdCounter::ALL.len());
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "drop reasons are dense from 1 (0 is reserved)");

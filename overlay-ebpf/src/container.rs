@@ -8,7 +8,7 @@ use core::ptr;
 use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    maps::{EndpointKey, LocalIface, EP_BACKEND, EP_LOCAL, EP_VIP},
+    maps::{EndpointInfo, EndpointKey, LocalIface, EP_BACKEND, EP_GATEWAY, EP_LOCAL, EP_VIP},
     stats::{DropReason, FwdCounter},
 };
 
@@ -17,6 +17,7 @@ use crate::{
     encap::{self, Flow},
     lb::{self, ToVip},
     maps::{OV_ENDPOINTS, OV_LOCAL_IFACES},
+    mesh::{self, FromBackend},
     parse::*,
     stats,
 };
@@ -66,12 +67,18 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface, ifindex: u32) -> Resu
         return Err(DropReason::Broadcast);
     }
     // Networks are isolated by construction: only endpoints of the sender's VNI are found.
-    let mut ep =
-        *unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }.ok_or(DropReason::UnknownDestination)?;
-    if ep.flags & EP_LOCAL != 0 && (iface.flags | ep.flags) & EP_BACKEND == 0 {
-        stats::fwd(FwdCounter::LocalDelivery);
-        // Straight into the peer container's ingress, skipping the backlog queue.
-        return Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
+    // A pointer, not a copy: an `Option` of the struct would be read whole before it is known
+    // to be `Some` (uninitialised to the verifier).
+    let found: *const EndpointInfo =
+        unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: iface.vni, ip: dst }) }.map_or(ptr::null(), |e| e as *const _);
+    if !found.is_null() {
+        // SAFETY: a map value.
+        let ep = unsafe { &*found };
+        if ep.flags & EP_LOCAL != 0 && (iface.flags | ep.flags) & EP_BACKEND == 0 {
+            stats::fwd(FwdCounter::LocalDelivery);
+            // Straight into the peer container's ingress, skipping the backlog queue.
+            return Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
+        }
     }
 
     let frags = be16(ip.frags);
@@ -102,6 +109,24 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, iface: &LocalIface, ifindex: u32) -> Resu
         tot_len: be16(ip.tot_len),
     };
 
+    let mut ep = if found.is_null() {
+        // Outside the network (through its gateway): a backend's reply to a routing-mesh client.
+        if iface.flags & EP_BACKEND == 0 {
+            return Err(DropReason::UnknownDestination);
+        }
+        match mesh::from_backend(ctx, iface, &flow, lip.plain)? {
+            FromBackend::Done(action) => return Ok(action),
+            // Back to the flow's entry node, on the ingress network (this interface's).
+            FromBackend::Return(peer) => EndpointInfo { vtep: peer, ..EndpointInfo::default() },
+        }
+    } else {
+        // SAFETY: a map value, copied before it can change under us.
+        let ep = unsafe { *found };
+        if ep.flags & EP_GATEWAY != 0 {
+            return Err(DropReason::UnknownDestination);
+        }
+        ep
+    };
     if ep.flags & EP_VIP != 0 {
         // Too big for the path: the client is told now, from the VIP, before a backend is picked.
         if let Some(action) = encap::unless_fits(ctx, &flow)? {

@@ -8,19 +8,19 @@
 //! trailer an attacker controls).
 
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK},
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    maps::{Config, EndpointKey, EP_BACKEND, EP_LOCAL},
+    maps::{Config, EndpointKey, EP_BACKEND, EP_LOCAL, NET_INGRESS},
     stats::{DropReason, FwdCounter},
     vxlan::FLAG_I,
 };
 
 use crate::{
-    lb,
+    encap, lb, mesh,
     maps::{config, OV_ENDPOINTS, OV_NETWORKS, OV_NODES},
     parse::*,
     stats,
@@ -38,8 +38,12 @@ pub enum Verdict {
     /// Not ours: hand to the host stack untouched.
     Pass,
     /// Ours and valid: strip the outer headers and deliver to this host-side veth. `reply`:
-    /// from a service backend, so possibly a reply to reverse-NAT.
-    Decap { ifindex: u32, reply: bool },
+    /// from a service backend, so possibly a reply to reverse-NAT. `mesh_peer`: a routing-mesh
+    /// packet (outside client) that entered the cluster at this node, else 0.
+    Decap { ifindex: u32, reply: bool, mesh_peer: u32 },
+    /// On the ingress network, from a backend to an outside client: a routing-mesh reply that
+    /// entered at this node, returned by the backend's node (mesh.rs checks its conntrack).
+    MeshReply,
 }
 
 /// Decide what an underlay frame is. Frames too short or too odd to be identified as VXLAN to
@@ -139,23 +143,37 @@ fn vxlan(
     if be16(iip.tot_len) as usize > tot_len - MIN_TOT_LEN {
         return Err(DropReason::BadLength);
     }
+    // The ingress network carries outside clients' addresses (the routing mesh): its own rule.
+    let ingress = || matches!(unsafe { OV_NETWORKS.get(&vni) }, Some(n) if n.flags & NET_INGRESS != 0);
     let dst = match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.dst_addr) }) } {
-        Some(ep) if ep.flags & EP_LOCAL != 0 => *ep,
+        Some(ep) if ep.flags & EP_LOCAL != 0 => Some(*ep),
+        // To an outside client: a mesh reply, if the source is a backend of the sending node
+        // (checked next) and conntrack knows the flow (mesh.rs).
+        None if ingress() => None,
         _ if unknown_vni() => return Err(DropReason::UnknownVni),
         _ => return Err(DropReason::DecapNotLocal),
     };
     // The inner source: an endpoint of this network, hosted on the node that sent the frame.
-    // (A network carrying outside clients, the routing mesh's ingress network, will have its
-    // own rule here, keyed on connection tracking.)
-    let reply = match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.src_addr) }) } {
-        Some(src) if src.flags & EP_LOCAL == 0 && src.vtep == outer_src => src.flags & EP_BACKEND != 0,
-        Some(_) => return Err(DropReason::VtepMismatch),
-        None => return Err(DropReason::UnknownInnerSource),
+    // On the ingress network, also an outside client sent by another node's mesh entry to a
+    // local backend: accepted from cluster nodes only, and tracked so replies go back there.
+    let (reply, mesh_peer) =
+        match unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: u32::from_ne_bytes(iip.src_addr) }) } {
+            Some(src) if src.flags & EP_LOCAL == 0 && src.vtep == outer_src => (src.flags & EP_BACKEND != 0, 0),
+            Some(_) => return Err(DropReason::VtepMismatch),
+            None => match dst {
+                Some(d) if d.flags & EP_BACKEND != 0 && ingress() && unsafe { OV_NODES.get(&outer_src) }.is_some() => {
+                    (false, outer_src)
+                }
+                _ => return Err(DropReason::UnknownInnerSource),
+            },
+        };
+    let Some(dst) = dst else {
+        return if reply { Ok(Verdict::MeshReply) } else { Err(DropReason::MeshNoFlow) };
     };
     if inner.dst_addr != dst.mac {
         return Err(DropReason::InnerMacMismatch);
     }
-    Ok(Verdict::Decap { ifindex: dst.ifindex, reply })
+    Ok(Verdict::Decap { ifindex: dst.ifindex, reply, mesh_peer })
 }
 
 #[inline(always)]
@@ -169,12 +187,44 @@ pub fn underlay_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     match classify(&pkt, pkt.len(), &cfg)? {
         Verdict::Pass => {
+            if cfg.ingress_vni != 0 {
+                // The routing mesh's stages, one after the other (see mesh.rs).
+                let mut r = mesh::begin_xdp(ctx);
+                if r == mesh::NEXT {
+                    r = mesh::pick_stage();
+                }
+                if r == mesh::NEXT {
+                    r = mesh::forward_xdp(ctx);
+                }
+                if r >= 0 {
+                    return Ok(r as u32);
+                }
+                if r != mesh::NOT_OURS {
+                    return Ok(xdp_action::XDP_DROP);
+                }
+            }
             stats::fwd(FwdCounter::PassHost);
             Ok(xdp_action::XDP_PASS)
         }
-        Verdict::Decap { ifindex, reply } => {
+        Verdict::MeshReply => {
             if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
                 return Err(DropReason::HelperFailed);
+            }
+            let r = mesh::reply_xdp_frame(ctx);
+            if r < 0 {
+                return Err(mesh::reason_of(r));
+            }
+            Ok(r as u32)
+        }
+        Verdict::Decap { ifindex, reply, mesh_peer } => {
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
+                return Err(DropReason::HelperFailed);
+            }
+            if mesh_peer != 0 {
+                let r = mesh::track_in_frame(ctx.data(), ctx.data_end(), mesh_peer);
+                if r < 0 {
+                    return Err(mesh::reason_of(r));
+                }
             }
             if reply {
                 let pkt = Packet::new(ctx.data(), ctx.data_end());
@@ -199,18 +249,45 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     match classify(&pkt, ctx.len() as usize, &cfg)? {
         Verdict::Pass => {
+            if cfg.ingress_vni != 0 {
+                // The routing mesh's stages, one after the other (see mesh.rs).
+                let mut r = mesh::begin_tc(ctx);
+                if r == mesh::NEXT {
+                    r = mesh::pick_stage();
+                }
+                if r == mesh::NEXT {
+                    r = mesh::forward_tc(ctx);
+                }
+                if r == mesh::ENCAP {
+                    r = mesh_encap(ctx, cfg.ingress_vni);
+                }
+                if r >= 0 {
+                    return Ok(r as i32);
+                }
+                if r != mesh::NOT_OURS {
+                    return Ok(TC_ACT_SHOT);
+                }
+            }
             stats::fwd(FwdCounter::PassHost);
             Ok(TC_ACT_OK as i32)
         }
-        Verdict::Decap { ifindex, reply } => {
-            let inner: [u8; ETH_LEN] = unsafe { *pkt.at::<[u8; ETH_LEN]>(INNER_ETH).ok_or(DropReason::Truncated)? };
-            // Removes outer IPv4/UDP/VXLAN and the inner Ethernet header that follow the outer
-            // Ethernet header; the inner Ethernet header is then written over the outer one.
-            ctx.adjust_room(-(OUTER_LEN as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
-                .map_err(|_| DropReason::HelperFailed)?;
-            let pkt = Packet::new(ctx.data(), ctx.data_end());
-            let eth: *mut [u8; ETH_LEN] = pkt.at(0).ok_or(DropReason::HelperFailed)?;
-            unsafe { *eth = inner };
+        Verdict::MeshReply => {
+            strip_tc(ctx, &pkt)?;
+            let r = mesh::reply_tc_frame(ctx);
+            if r < 0 {
+                return Err(mesh::reason_of(r));
+            }
+            Ok(r as i32)
+        }
+        Verdict::Decap { ifindex, reply, mesh_peer } => {
+            strip_tc(ctx, &pkt)?;
+            if mesh_peer != 0 {
+                ensure_linear(ctx, mesh::NEED_LINEAR)?;
+                let r = mesh::track_in_frame(ctx.data(), ctx.data_end(), mesh_peer);
+                if r < 0 {
+                    return Err(mesh::reason_of(r));
+                }
+            }
             if reply {
                 ensure_linear(ctx, lb::NEED_LINEAR)?;
                 let pkt = Packet::new(ctx.data(), ctx.data_end());
@@ -222,4 +299,32 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
             Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
         }
     }
+}
+
+/// Strip the outer headers of an skb: removes outer IPv4/UDP/VXLAN and the inner Ethernet
+/// header that follow the outer Ethernet header; the inner Ethernet header is then written over
+/// the outer one.
+#[inline(always)]
+fn strip_tc(ctx: &TcContext, pkt: &Packet) -> Result<(), DropReason> {
+    let inner: [u8; ETH_LEN] = unsafe { *pkt.at::<[u8; ETH_LEN]>(INNER_ETH).ok_or(DropReason::Truncated)? };
+    ctx.adjust_room(-(OUTER_LEN as i32), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
+        .map_err(|_| DropReason::HelperFailed)?;
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let eth: *mut [u8; ETH_LEN] = pkt.at(0).ok_or(DropReason::HelperFailed)?;
+    unsafe { *eth = inner };
+    Ok(())
+}
+
+/// Encapsulate a routing-mesh packet prepared by `mesh::forward_tc` (DNATed, flow in the scratch)
+/// towards its backend's node; drops counted.
+#[inline(always)]
+fn mesh_encap(ctx: &TcContext, vni: u32) -> i64 {
+    let Some(sc) = mesh::scratch() else { return mesh::DROPPED };
+    let r = encap::encap_frame(ctx, vni, sc.pick.ep.vtep, &sc.flow);
+    if r < 0 {
+        stats::drop(mesh::reason_of(r));
+        return mesh::DROPPED;
+    }
+    stats::fwd(FwdCounter::MeshEncap);
+    r
 }

@@ -29,6 +29,7 @@ use crate::{
 const AF_INET: u8 = 2;
 
 /// What encapsulation needs to know of the inner packet.
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub src: u32,
     pub dst: u32,
@@ -69,6 +70,17 @@ pub fn encap(ctx: &TcContext, vni: u32, ep: &EndpointInfo, flow: &Flow) -> Resul
         Some(_) => Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as i32),
         // The kernel routes the outer packet and fills the outer Ethernet header.
         None => Ok(unsafe { bpf_redirect_neigh(hop.ifindex, ptr::null_mut(), 0, 0) } as i32),
+    }
+}
+
+/// `encap` out of line, for callers whose own frame is large (the routing mesh's entry): BPF
+/// allows 512 bytes of stack for a whole call chain. Negative: `-(reason)`.
+#[inline(never)]
+pub fn encap_frame(ctx: &TcContext, vni: u32, vtep: u32, flow: &Flow) -> i64 {
+    let ep = EndpointInfo { vtep, ..EndpointInfo::default() };
+    match encap(ctx, vni, &ep, flow) {
+        Ok(a) => a as i64,
+        Err(r) => -(r as i64),
     }
 }
 

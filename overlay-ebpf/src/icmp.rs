@@ -5,9 +5,9 @@
 //! whose backend was removed.
 
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
 };
 use overlay_common::stats::FwdCounter;
 
@@ -83,4 +83,54 @@ fn build(ctx: &TcContext, ifindex: u32, code: u8, mtu: u16, counter: u32) -> Opt
     }
     stats::fwd_index(counter);
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// The same reply in XDP (the routing mesh's entry): built in place from the packet and
+/// transmitted back out of the interface it came in on. Negative: no reply could be built.
+#[inline(never)]
+pub fn unreachable_xdp(ctx: &XdpContext, code: u8, mtu: u16) -> i64 {
+    match build_xdp(ctx, code, mtu) {
+        Some(a) => a as i64,
+        None => -1,
+    }
+}
+
+#[inline(always)]
+fn build_xdp(ctx: &XdpContext, code: u8, mtu: u16) -> Option<u32> {
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let macs: [u8; 12] = unsafe { *pkt.at::<[u8; 12]>(0)? };
+    let head: [u8; IPV4_LEN] = unsafe { *pkt.at::<[u8; IPV4_LEN]>(ETH_LEN)? };
+    if head[0] != 0x45 {
+        return None;
+    }
+    let to = u32::from_ne_bytes([head[12], head[13], head[14], head[15]]);
+    let from = u32::from_ne_bytes([head[16], head[17], head[18], head[19]]);
+    // Open room for the new IPv4 and ICMP headers in front: the packet's own IPv4 header and
+    // first 8 bytes then sit where the reply quotes them. Then cut the rest.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((IPV4_LEN + ICMP_LEN) as i32)) } != 0 {
+        return None;
+    }
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    if len < REPLY_LEN as i32 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, REPLY_LEN as i32 - len) } != 0 {
+        return None;
+    }
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let out: *mut [u8; REPLY_LEN] = pkt.at(0)?;
+    // SAFETY: the reply's bytes were bounds-checked above; written in place as in `build`.
+    unsafe {
+        let o = &mut *out;
+        o[0..6].copy_from_slice(&macs[6..12]);
+        o[6..12].copy_from_slice(&macs[0..6]);
+        o[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let tot_len = (IPV4_LEN + ICMP_LEN + QUOTE_LEN) as u16;
+        o[14..34].copy_from_slice(&hdr::ipv4(0xc0, tot_len, 0, IPPROTO_ICMP, from, to));
+        o[34] = 3;
+        o[35] = code;
+        o[36..40].copy_from_slice(&[0; 4]);
+        o[40..42].copy_from_slice(&mtu.to_be_bytes());
+        let c = hdr::csum(&*o.as_ptr().add(34).cast::<[u8; ICMP_LEN + QUOTE_LEN]>(), 2);
+        o[36..38].copy_from_slice(&c.to_be_bytes());
+    }
+    stats::fwd(FwdCounter::IcmpFragNeeded);
+    Some(xdp_action::XDP_TX)
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{CtEntry, CtKey, LocalIface, ServiceKey, CT_CLOSING, CT_REPLY, SCHED_MAGLEV, SCHED_SH},
+    maps::{CtEntry, CtKey, LocalIface, ServiceKey, CT_CLOSING, CT_MESH, CT_REPLY, SCHED_MAGLEV, SCHED_SH},
     stats::{DropReason, FwdCounter},
     vxlan::{default_mac, flow_hash},
 };
@@ -26,11 +26,11 @@ use crate::{
     stats,
 };
 
-const TCP_LEN: usize = 20;
-const L4: usize = ETH_LEN + IPV4_LEN;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
+pub const TCP_LEN: usize = 20;
+pub const L4: usize = ETH_LEN + IPV4_LEN;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO: u8 = 8;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -41,7 +41,7 @@ pub const NEED_LINEAR: usize = L4 + 8 + IPV4_LEN + 4;
 const HAIRPIN_TRIES: u32 = 8;
 /// `last_seen` is rewritten at most this often: a write per packet would bounce the entry's
 /// cache line between CPUs.
-const REFRESH_NS: u64 = 1_000_000_000;
+pub const REFRESH_NS: u64 = 1_000_000_000;
 
 /// What became of a packet to a VIP.
 pub enum ToVip {
@@ -62,20 +62,20 @@ pub struct Ip {
 }
 
 #[inline(always)]
-fn read<T: Copy>(pkt: &Packet, off: usize) -> Result<T, DropReason> {
+pub fn read<T: Copy>(pkt: &Packet, off: usize) -> Result<T, DropReason> {
     let p: *const T = pkt.at(off).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked by `Packet::at`; unaligned because packet offsets are arbitrary.
     Ok(unsafe { core::ptr::read_unaligned(p) })
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
-fn count(backend: u32, conns: u64, outward: bool, bytes: u32) {
+pub fn count(backend: u32, conns: u64, outward: bool, bytes: u32) {
     if let Some(s) = OV_LB_STATS.get_ptr_mut(backend) {
         // Shared by every CPU: atomic adds (BPF_ATOMIC), relaxed, as counters need nothing more.
         // The intrinsic, because the BPF target has no compare-and-swap and so no AtomicU64.
@@ -197,14 +197,28 @@ pub fn to_vip(ctx: &TcContext, iface: &LocalIface, ifindex: u32, ip: &Ip) -> Res
         return Err(DropReason::NoBackend);
     }
     let closing = if flags & (TCP_FIN | TCP_RST) != 0 { CT_CLOSING } else { 0 };
-    let fwd = CtEntry { nat_ip: nat, backend, flags: closing, _pad: 0, last_seen: t };
-    let rev = CtEntry { nat_ip: ip.dst, backend, flags: closing | CT_REPLY, _pad: 0, last_seen: t };
-    let rkey = CtKey { src: nat, dst: ip.src, sport: ports[1], dport: ports[0], proto: ip.proto, _pad: [0; 3] };
-    OV_CT.insert(&key, &fwd, 0).map_err(|_| DropReason::ConntrackFull)?;
-    OV_CT.insert(&rkey, &rev, 0).map_err(|_| DropReason::ConntrackFull)?;
+    if insert_pair(&key, nat, backend, closing, t) != 0 {
+        return Err(DropReason::ConntrackFull);
+    }
     count(backend, if mid_flow { 0 } else { 1 }, false, ctx.len());
     stats::fwd(if mid_flow { FwdCounter::LbRepick } else { FwdCounter::LbNew });
     dnat(ctx, ip, nat).map(|_| ToVip::Dnat(nat))
+}
+
+/// Both conntrack entries of a new VIP flow (`key`: client -> VIP). Out of line: two 40-byte
+/// entries would otherwise sit in the container program's frame. Non-zero: the map refused.
+#[inline(never)]
+fn insert_pair(key: &CtKey, nat: u32, backend: u32, closing: u32, t: u64) -> i64 {
+    let fwd = CtEntry { nat_ip: nat, backend, flags: closing, last_seen: t, ..CtEntry::default() };
+    let rkey = CtKey { src: nat, dst: key.src, sport: key.dport, dport: key.sport, proto: key.proto, _pad: [0; 3] };
+    if OV_CT.insert(key, &fwd, 0).is_err() {
+        return -1;
+    }
+    let rev = CtEntry { nat_ip: key.dst, backend, flags: closing | CT_REPLY, last_seen: t, ..CtEntry::default() };
+    if OV_CT.insert(&rkey, &rev, 0).is_err() {
+        return -1;
+    }
+    0
 }
 
 /// A client opening a connection straight to a backend's address (a TCP SYN, or UDP) from
@@ -244,7 +258,7 @@ fn dnat(ctx: &TcContext, ip: &Ip, to: u32) -> Result<(), DropReason> {
 }
 
 #[inline(always)]
-fn rewrite_addr_tc(ctx: &TcContext, at: usize, old: u32, new: u32, proto: u8) -> Result<(), DropReason> {
+pub fn rewrite_addr_tc(ctx: &TcContext, at: usize, old: u32, new: u32, proto: u8) -> Result<(), DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let p: *mut u32 = pkt.at(at).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
@@ -428,7 +442,8 @@ pub fn reply_of(pkt: &Packet, base: usize) -> Result<Option<Reverse>, DropReason
     let Some(ct) = OV_CT.get_ptr_mut(&key) else { return Ok(None) };
     // SAFETY: a map value; see to_vip.
     let ct = unsafe { &mut *ct };
-    if ct.flags & CT_REPLY == 0 {
+    // A routing-mesh entry is reverse-NATed by mesh.rs, towards an outside client.
+    if ct.flags & CT_REPLY == 0 || ct.flags & CT_MESH != 0 {
         return Ok(None);
     }
     let t = now();
@@ -487,7 +502,7 @@ pub fn reverse_xdp(start: usize, end: usize, rev: &Reverse) -> Result<(), DropRe
 }
 
 #[inline(always)]
-fn fix_l4(pkt: &Packet, at: usize, old: u32, new: u32, udp: bool) -> Result<(), DropReason> {
+pub fn fix_l4(pkt: &Packet, at: usize, old: u32, new: u32, udp: bool) -> Result<(), DropReason> {
     let p: *mut [u8; 2] = pkt.at(at).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
     let p = unsafe { &mut *p };

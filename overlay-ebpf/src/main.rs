@@ -15,6 +15,7 @@ mod hdr; // header builders shared by encap and icmp
 mod icmp; // "destination unreachable" back to the sender
 mod lb; // service VIPs: conntrack, schedulers, DNAT and reverse NAT
 mod maps; // every map
+mod mesh; // the ingress routing mesh: published ports on the underlay, replies back through the entry node
 mod parse; // bounds-checked access, header sizes
 mod stats; // per-CPU counters
 

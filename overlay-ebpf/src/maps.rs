@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LbStats, LocalIface, MaglevPair,
+        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LbStats, LocalIface, MaglevPair, PortStats,
         NetworkInfo, NextHop, NodeInfo, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_LOCAL_IFACES,
-        MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_SERVICES,
+        MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_PUBLISHED, MAX_SERVICES,
     },
     stats::{DropReason, FwdCounter},
 };
@@ -75,6 +75,16 @@ pub static OV_RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES,
 #[map(name = "OV_LB_STATS")]
 pub static OV_LB_STATS: Array<LbStats> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Traffic and drops per published port, by its service id (atomic adds). Not preallocated:
+/// the agent writes an entry for each published port.
+#[map(name = "OV_PORT_STATS")]
+pub static OV_PORT_STATS: HashMap<u32, PortStats> = HashMap::with_max_entries(MAX_PUBLISHED, BPF_F_NO_PREALLOC);
+
+/// Per-CPU scratch of the routing mesh's entry stages (mesh.rs). Holds nothing between
+/// packets: not pinned.
+#[map(name = "OV_MESH_SCRATCH")]
+pub static OV_MESH_SCRATCH: PerCpuArray<crate::mesh::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -105,7 +115,8 @@ const _: () = {
     assert!(same("OV_CT", abi::MAP_CT));
     assert!(same("OV_RR", abi::MAP_RR));
     assert!(same("OV_LB_STATS", abi::MAP_LB_STATS));
-    assert!(abi::ALL_MAPS.len() == 14, "a map was added: check its name here");
+    assert!(same("OV_PORT_STATS", abi::MAP_PORT_STATS));
+    assert!(abi::ALL_MAPS.len() == 15, "a map was added: check its name here");
 };
 
 #[inline(always)]

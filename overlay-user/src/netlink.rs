@@ -67,6 +67,10 @@ fn is_no_device(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::ENODEV)
 }
 
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EEXIST)
+}
+
 /// A netlink socket bound to one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -193,6 +197,46 @@ impl Netlink {
             .map(|m| m.header.index);
         let Some(index) = index else { return Ok(None) };
         Ok(self.links().await?.into_iter().find(|l| l.index == index))
+    }
+
+    /// Traffic from `src` is routed by `table`: its subnet on link `index`, everything else via
+    /// `gateway`. Idempotent.
+    pub async fn source_routes(
+        &self,
+        src: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        index: u32,
+        table: u32,
+    ) -> Result<()> {
+        let subnet = Ipv4Addr::from(u32::from(src) & if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) });
+        let link = self.handle.route().add().v4().destination_prefix(subnet, prefix).output_interface(index);
+        link.scope(netlink_packet_route::route::RouteScope::Link)
+            .table_id(table)
+            .replace()
+            .execute()
+            .await
+            .context("adding the subnet route of the mesh reply table")?;
+        let via = self.handle.route().add().v4().gateway(gateway).output_interface(index).table_id(table);
+        via.replace().execute().await.context("adding the default route of the mesh reply table")?;
+        let rule = self.handle.rule().add().v4().source_prefix(src, 32).table_id(table);
+        match rule.action(netlink_packet_route::rule::RuleAction::ToTable).priority(100).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).context("adding the mesh reply rule"),
+        }
+    }
+
+    /// Ask the kernel to resolve `ip`'s link-layer address on `index` (NTF_USE: as if a packet
+    /// were waiting for it), without sending anything ourselves.
+    pub async fn resolve_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        use netlink_packet_route::neighbour::{NeighbourFlag, NeighbourState};
+        let req = self.handle.neighbours().add(index, IpAddr::V4(ip));
+        match req.flags(vec![NeighbourFlag::Use]).state(NeighbourState::None).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).context("asking for neighbour resolution"),
+        }
     }
 
     /// IPv4 routes of the main table.

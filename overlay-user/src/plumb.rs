@@ -32,7 +32,15 @@ pub struct VethSpec {
     pub mtu: u32,
     /// Name of the host end, derived from the endpoint's name.
     pub host: String,
+    /// On the ingress network: its gateway. Replies from this address to routing-mesh clients
+    /// (outside addresses) must leave through this interface whatever the container's default
+    /// route is (docker_gwbridge's, in Docker): a source rule sends them to `MESH_TABLE`.
+    #[serde(default)]
+    pub mesh_gateway: Option<Ipv4Addr>,
 }
+
+/// The container's routing table for replies from its ingress-network address.
+pub const MESH_TABLE: u32 = 4096;
 
 /// Where an endpoint was plumbed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +120,9 @@ async fn configure_sandbox_end(sandbox: &Netlink, spec: &VethSpec) -> Result<()>
     }
     sandbox.set_only_ipv4(inner.index, spec.ip, spec.prefix).await?;
     sandbox.set_up(inner.index).await?;
+    if let Some(gw) = spec.mesh_gateway {
+        sandbox.source_routes(spec.ip, spec.prefix, gw, inner.index, MESH_TABLE).await?;
+    }
     if let Some(lo) = sandbox.link("lo").await? {
         if !lo.up {
             sandbox.set_up(lo.index).await?;

@@ -71,13 +71,20 @@ pub fn bed() -> Bed {
     let entered = Entered::enter(&ns.path()).unwrap();
     let mut dp = Datapath::open(None).unwrap();
     let mut c = Contents {
-        config: Config { node_ip: k(NODE_IP), underlay_ifindex, underlay_mtu: 1500, vxlan_port: 4789, _pad: 0 },
+        config: Config {
+            node_ip: k(NODE_IP),
+            underlay_ifindex,
+            underlay_mtu: 1500,
+            vxlan_port: 4789,
+            _pad: 0,
+            ingress_vni: 0,
+        },
         ..Default::default()
     };
     c.nodes.insert(k(PEER_IP), NodeInfo { _reserved: 0 });
     c.nodes.insert(k(THIRD_IP), NodeInfo { _reserved: 0 });
-    c.networks.insert(VNI, NetworkInfo { mtu: 1450, _reserved: 0 });
-    c.networks.insert(VNI2, NetworkInfo { mtu: 1450, _reserved: 0 });
+    c.networks.insert(VNI, NetworkInfo { mtu: 1450, flags: 0, gateway: 0 });
+    c.networks.insert(VNI2, NetworkInfo { mtu: 1450, flags: 0, gateway: 0 });
     c.local_ifaces.insert(A_IFINDEX, LocalIface { vni: VNI, ip: k(A), mac: MAC_A, flags: 0 });
     let local = |ifindex, mac| EndpointInfo { mac, flags: EP_LOCAL, ifindex, vtep: 0 };
     c.endpoints.insert(EndpointKey { vni: VNI, ip: k(A) }, local(A_IFINDEX, MAC_A));
@@ -212,7 +219,7 @@ pub fn bed_with_table(scheduler: u8, table: &[u32]) -> Bed {
     c.local_ifaces.insert(C_IFINDEX, LocalIface { vni: VNI, ip: k(C), mac: MAC_C, flags: EP_BACKEND });
     c.backends.insert(ID_C, BackendInfo { ip: k(C), weight: 1 });
     c.backends.insert(ID_B, BackendInfo { ip: k(B), weight: 1 });
-    let info = ServiceInfo { id: SERVICE_ID, offset: 0, size: 0, scheduler, _pad: [0; 3] };
+    let info = ServiceInfo { id: SERVICE_ID, offset: 0, size: 0, scheduler, flags: 0, target: 0 };
     c.services.insert(service_key(VNI, VIP, 6, TCP_PORT), info);
     c.services.insert(service_key(VNI, VIP, 17, UDP_PORT), info);
     set_table(&mut c, TABLE_OFFSET, table);

@@ -777,7 +777,7 @@ fn vip_drops_have_reasons() {
     let mut c = bed.contents.clone();
     c.services.insert(
         service_key(VNI, VIP, 6, 8080),
-        ServiceInfo { id: SERVICE_ID + 1, offset: 0, size: 0, scheduler: SCHED_MAGLEV, _pad: [0; 3] },
+        ServiceInfo { id: SERVICE_ID + 1, offset: 0, size: 0, scheduler: SCHED_MAGLEV, flags: 0, target: 0 },
     );
     bed.apply(c);
     run(&mut bed, Prog::FromA, &tcp_to(8080)).expect_drop(DropReason::NoBackend, "size 0, SYN");

@@ -218,14 +218,21 @@ impl Agent {
             prefix: net.subnet.prefix,
             mtu: network_mtu(net, self.underlay.mtu),
             host: host_veth_name(&ep.name),
+            mesh_gateway: if net.ingress { net.gateway } else { None },
         })
     }
 
     /// The outer Ethernet header towards every other node, as the kernel would route it now.
     async fn nexthops(&self, c: &Contents) -> Result<rustc_hash::FxHashMap<u32, overlay_common::maps::NextHop>> {
         let (routes, neighbours) = (self.nl.routes_v4().await?, self.nl.neighbours_v4().await?);
-        let vteps = c.nodes.keys().map(|k| std::net::Ipv4Addr::from(k.to_ne_bytes()));
-        Ok(resolve_nexthops(vteps, self.underlay.ifindex, self.underlay.mac, &routes, &neighbours))
+        let vteps = || c.nodes.keys().map(|k| std::net::Ipv4Addr::from(k.to_ne_bytes()));
+        for ip in crate::datapath::unresolved_nexthops(vteps(), self.underlay.ifindex, &routes, &neighbours) {
+            // Resolution is asynchronous: its neighbour event brings us back here.
+            if let Err(e) = self.nl.resolve_neighbour(self.underlay.ifindex, ip).await {
+                tracing::debug!(%ip, error = %e, "could not ask the kernel to resolve a next hop");
+            }
+        }
+        Ok(resolve_nexthops(vteps(), self.underlay.ifindex, self.underlay.mac, &routes, &neighbours))
     }
 
     /// Follow a route or neighbour change: only the next-hop cache is recomputed and written.

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{anyhow, Result};
 use overlay_common::{
-    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NodeInfo, EP_LOCAL},
-    vxlan::ENCAP_OVERHEAD,
+    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NodeInfo, EP_GATEWAY, EP_LOCAL, NET_INGRESS},
+    vxlan::{default_mac, ENCAP_OVERHEAD},
 };
 
 use super::Contents;
@@ -39,6 +39,7 @@ pub fn desired_contents(
             underlay_mtu: underlay.mtu,
             vxlan_port: state.vxlan_port,
             _pad: 0,
+            ingress_vni: state.ingress_network().map_or(0, |n| n.vni),
         },
         ..Default::default()
     };
@@ -47,7 +48,14 @@ pub fn desired_contents(
         c.nodes.insert(ip_key(n.address), NodeInfo { _reserved: 0 });
     }
     for net in state.networks.values() {
-        c.networks.insert(net.vni, NetworkInfo { mtu: network_mtu(net, underlay.mtu), _reserved: 0 });
+        let flags = if net.ingress { NET_INGRESS } else { 0 };
+        let gateway = net.gateway.map_or(0, ip_key);
+        c.networks.insert(net.vni, NetworkInfo { mtu: network_mtu(net, underlay.mtu), flags, gateway });
+        if let (true, Some(gw)) = (net.ingress, net.gateway) {
+            // Backends send their replies to outside (routing-mesh) clients through it.
+            let info = EndpointInfo { mac: default_mac(gw.octets()), flags: EP_GATEWAY, ifindex: 0, vtep: 0 };
+            c.endpoints.insert(EndpointKey { vni: net.vni, ip: gateway }, info);
+        }
     }
     for ep in state.endpoints.values() {
         let net = state.network_of(ep);

@@ -11,7 +11,7 @@ use aya::{
     Pod,
 };
 use overlay_common::maps::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     services::{ServiceView, Table},
@@ -93,11 +93,28 @@ impl Datapath {
                 writes += 1;
             }
         }
+        let (old_ports, new_ports) = (published_ids(current), published_ids(desired));
+        self.port_stats(&new_ports, &old_ports, true)?;
         writes += upsert_hash(self.map_mut(MAP_SERVICES)?, &current.services, &desired.services, MAP_SERVICES)?;
         writes += diff_hash(self.map_mut(MAP_ENDPOINTS)?, &current.endpoints, &desired.endpoints, MAP_ENDPOINTS)?;
         writes += remove_hash(self.map_mut(MAP_SERVICES)?, &current.services, &desired.services, MAP_SERVICES)?;
         writes += remove_hash(self.map_mut(MAP_BACKENDS)?, &current.backends, &desired.backends, MAP_BACKENDS)?;
+        self.port_stats(&old_ports, &new_ports, false)?;
         Ok(writes)
+    }
+
+    /// Published ports' counters: an entry (from zero) for each port in `a` and not in `b`
+    /// (`add`), or removed.
+    fn port_stats(&mut self, a: &FxHashSet<u32>, b: &FxHashSet<u32>, add: bool) -> Result<()> {
+        let mut m = BpfHashMap::<_, u32, PortStats>::try_from(self.map_mut(MAP_PORT_STATS)?)?;
+        for id in a.difference(b) {
+            let r = if add { m.insert(id, PortStats::default(), 0) } else { m.remove(id) };
+            match r {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("counters of published port {id} ({MAP_PORT_STATS})")),
+            }
+        }
+        Ok(())
     }
 
     /// A backend id handed to a new backend starts its counters from zero.
@@ -122,6 +139,11 @@ impl Datapath {
     ) -> Result<usize> {
         diff_hash(self.map_mut(MAP_NEXTHOPS)?, current, desired, MAP_NEXTHOPS)
     }
+}
+
+/// The service ids of published ports (each has its counters in OV_PORT_STATS).
+fn published_ids(c: &Contents) -> FxHashSet<u32> {
+    c.services.values().filter(|s| s.flags & SVC_PUBLISHED != 0).map(|s| s.id).collect()
 }
 
 fn read_hash<K: Pod + Eq + Hash, V: Pod>(map: &mut Map) -> Result<FxHashMap<K, V>> {

@@ -26,7 +26,7 @@ pub use contents::{desired_contents, network_mtu};
 pub use counters::Counters;
 pub use lbview::{flows_from_pins, flush_conntrack_pins, lb_stats_from_pins, TrackedFlow};
 pub use maps::Contents;
-pub use nexthops::{resolve as resolve_nexthops, Neighbour, Route};
+pub use nexthops::{resolve as resolve_nexthops, unresolved as unresolved_nexthops, Neighbour, Route};
 pub use pins::check_bpffs;
 use pins::check_pinned_layouts;
 pub use services::{BackendView, ServiceView, Table};

@@ -54,6 +54,29 @@ pub fn resolve(
     out
 }
 
+/// The next-hop addresses (VTEPs on link, or their gateways) on the underlay whose neighbour
+/// is not resolved: the agent asks the kernel to resolve them, so that XDP (which cannot) finds
+/// every node's next hop cached before the routing mesh needs it.
+pub fn unresolved(
+    vteps: impl IntoIterator<Item = Ipv4Addr>,
+    underlay_ifindex: u32,
+    routes: &[Route],
+    neighbours: &[Neighbour],
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for vtep in vteps {
+        let Some(route) = routes.iter().filter(|r| covers(r, vtep)).max_by_key(|r| r.prefix) else { continue };
+        if route.oif != Some(underlay_ifindex) {
+            continue;
+        }
+        let via = route.gateway.unwrap_or(vtep);
+        if !neighbours.iter().any(|n| n.ip == via && n.ifindex == underlay_ifindex) && !out.contains(&via) {
+            out.push(via);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ struct Layout {
     max: u32,
 }
 
-fn layouts() -> [Layout; 14] {
+fn layouts() -> [Layout; 15] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
@@ -93,6 +93,13 @@ fn layouts() -> [Layout; 14] {
             key: 4,
             value: size_of::<LbStats>() as u32,
             max: MAX_BACKENDS,
+        },
+        Layout {
+            name: MAP_PORT_STATS,
+            kind: MapType::Hash,
+            key: 4,
+            value: size_of::<PortStats>() as u32,
+            max: MAX_PUBLISHED,
         },
     ]
 }

@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Result};
 use overlay_common::{
     maps::{
-        BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_VIP, MAX_BACKENDS,
-        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR,
+        BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_LOCAL, EP_VIP, MAX_BACKENDS,
+        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PUBLISHED,
     },
     vxlan::default_mac,
 };
@@ -22,7 +22,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::{maglev, Contents};
-use crate::state::{ClusterState, EndpointMode, Scheduler};
+use crate::state::{ClusterState, EndpointMode, PublishMode, Scheduler};
 
 fn ip_key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -48,6 +48,20 @@ pub struct ServiceView {
     pub id: u32,
     pub table_size: u32,
     pub backends: Vec<BackendView>,
+    /// A published port's entry (then `vip` is this node's address and `network` the ingress
+    /// network); `None` for a VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<PublishedView>,
+}
+
+/// A published port: reached on `published`, delivered to the backends' `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedView {
+    pub protocol: String,
+    pub published: u16,
+    pub target: u16,
+    /// "ingress" (every node, the routing mesh) or "host" (this node's task only).
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,9 +145,14 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
     // What the maps say now: ids by address, service ids and tables by VIP.
     let backend_ids: FxHashMap<u32, u32> = current.backends.iter().map(|(id, b)| (b.ip, *id)).collect();
     let mut service_ids: FxHashMap<(u32, u32), ServiceInfo> = FxHashMap::default();
+    let mut port_ids: FxHashMap<ServiceKey, ServiceInfo> = FxHashMap::default();
     let mut held: Vec<(u32, u32)> = Vec::new();
     for (k, s) in &current.services {
-        service_ids.insert((k.vni, k.ip), *s);
+        if s.flags & SVC_PUBLISHED != 0 {
+            port_ids.insert(*k, *s);
+        } else {
+            service_ids.insert((k.vni, k.ip), *s);
+        }
         if s.size > 0 {
             held.push((s.offset, even(s.size)));
         }
@@ -142,7 +161,8 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
     held.dedup();
     let mut space = Space { held };
     let mut bids = Ids { used: backend_ids.values().copied().collect(), next: 0, max: MAX_BACKENDS };
-    let mut sids = Ids { used: service_ids.values().map(|s| s.id).collect(), next: 0, max: MAX_SERVICES };
+    let used = service_ids.values().chain(port_ids.values()).map(|s| s.id).collect();
+    let mut sids = Ids { used, next: 0, max: MAX_SERVICES };
 
     for svc in state.services.values().filter(|s| s.endpoint_mode == EndpointMode::Vip) {
         for vip in &svc.vips {
@@ -174,24 +194,14 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
             }
             // Same input order on every node: the table is built from names, never from ids.
             let named: Vec<(&str, u32)> = members.iter().map(|(ep, w, _)| (ep.name.as_str(), *w)).collect();
-            let entries: Vec<u32> = match svc.scheduler {
-                Scheduler::Maglev | Scheduler::Sh => {
-                    // Sized from the backends listed, drained ones included: draining keeps the size.
-                    let listed = svc
-                        .backends
-                        .iter()
-                        .filter(|b| state.endpoints.get(&b.endpoint).is_some_and(|e| e.network == vip.network));
-                    let m = maglev::table_size(listed.count(), state.maglev_slots_per_backend);
-                    maglev::build(&named, m).into_iter().map(|i| members[i as usize].2).collect()
-                }
-                Scheduler::Rr | Scheduler::Wrr => {
-                    let w: Vec<u32> = named
-                        .iter()
-                        .map(|(_, w)| if svc.scheduler == Scheduler::Rr { (*w > 0) as u32 } else { *w })
-                        .collect();
-                    maglev::wrr_sequence(&w).into_iter().map(|i| members[i as usize].2).collect()
-                }
-            };
+            // Sized from the backends listed, drained ones included: draining keeps the size.
+            let listed = svc
+                .backends
+                .iter()
+                .filter(|b| state.endpoints.get(&b.endpoint).is_some_and(|e| e.network == vip.network))
+                .count();
+            let ids: Vec<u32> = members.iter().map(|m| m.2).collect();
+            let entries = table(svc.scheduler, &named, &ids, listed, state.maglev_slots_per_backend);
             let prev = service_ids.get(&(net.vni, vkey));
             let id = match prev {
                 Some(s) => s.id,
@@ -205,7 +215,7 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
                 (None, 0) => 0,
                 (None, n) => space.place(n)?,
             };
-            let info = ServiceInfo { id, offset, size, scheduler: sched(svc.scheduler), _pad: [0; 3] };
+            let info = ServiceInfo { id, offset, size, scheduler: sched(svc.scheduler), flags: 0, target: 0 };
             for p in &svc.ports {
                 let key =
                     ServiceKey { vni: net.vni, ip: vkey, port: p.target.to_be(), proto: p.protocol.number(), _pad: 0 };
@@ -231,13 +241,150 @@ pub fn add_services(state: &ClusterState, c: &mut Contents, current: &Contents) 
                         slots: slots(*bid),
                     })
                     .collect(),
+                published: None,
             });
             if size > 0 {
                 c.tables.insert(id, Table { offset, entries });
             }
         }
     }
-    c.views.sort_by(|a, b| (&a.service, &a.network).cmp(&(&b.service, &b.network)));
+    let mut alloc = Alloc { backend_ids: &backend_ids, bids: &mut bids, sids: &mut sids, space: &mut space };
+    add_published(state, c, current, &port_ids, &mut alloc)?;
+    c.views.sort_by(|a, b| {
+        (&a.service, &a.network, &a.published.as_ref().map(|p| p.published)).cmp(&(
+            &b.service,
+            &b.network,
+            &b.published.as_ref().map(|p| p.published),
+        ))
+    });
+    Ok(())
+}
+
+/// A service's lookup table from its members (names and weights, same order on every node) and
+/// their backend ids; `listed` backends size a hash table (drained ones too: draining keeps it).
+fn table(scheduler: Scheduler, named: &[(&str, u32)], ids: &[u32], listed: usize, slots: u32) -> Vec<u32> {
+    match scheduler {
+        Scheduler::Maglev | Scheduler::Sh => {
+            let m = maglev::table_size(listed, slots);
+            maglev::build(named, m).into_iter().map(|i| ids[i as usize]).collect()
+        }
+        Scheduler::Rr | Scheduler::Wrr => {
+            let w: Vec<u32> =
+                named.iter().map(|(_, w)| if scheduler == Scheduler::Rr { (*w > 0) as u32 } else { *w }).collect();
+            maglev::wrr_sequence(&w).into_iter().map(|i| ids[i as usize]).collect()
+        }
+    }
+}
+
+/// Ids and table space, shared by VIPs and published ports.
+struct Alloc<'a> {
+    backend_ids: &'a FxHashMap<u32, u32>,
+    bids: &'a mut Ids,
+    sids: &'a mut Ids,
+    space: &'a mut Space,
+}
+
+/// Published ports: one OV_SERVICES key each (VNI 0, address 0, the published port), with its
+/// own table over the service's backends on the ingress network (ingress mode), or over the
+/// task on this node (host mode: nodes without one do not answer).
+fn add_published(
+    state: &ClusterState,
+    c: &mut Contents,
+    current: &Contents,
+    port_ids: &FxHashMap<ServiceKey, ServiceInfo>,
+    a: &mut Alloc<'_>,
+) -> Result<()> {
+    let Some(net) = state.ingress_network() else { return Ok(()) };
+    let me = Ipv4Addr::from(c.config.node_ip.to_ne_bytes());
+    // Backends already given ids this reconcile (a VIP's on the ingress network).
+    let mut given: FxHashMap<u32, u32> = c.backends.iter().map(|(id, b)| (b.ip, *id)).collect();
+    for svc in state.services.values() {
+        for p in svc.ports.iter().filter(|p| p.published.is_some()) {
+            let published = p.published.unwrap_or_default();
+            let host = p.publish_mode == PublishMode::Host;
+            let mut members = Vec::new();
+            let mut listed = 0;
+            for b in &svc.backends {
+                let Some(ep) = state.endpoints.get(&b.endpoint).filter(|e| e.network == net.name) else { continue };
+                let key = EndpointKey { vni: net.vni, ip: ip_key(ep.ip) };
+                let Some(info) = c.endpoints.get_mut(&key) else { continue };
+                if host && info.flags & EP_LOCAL == 0 {
+                    continue;
+                }
+                listed += 1;
+                info.flags |= EP_BACKEND;
+                if let Some(i) = c.local_ifaces.get_mut(&info.ifindex).filter(|_| info.ifindex != 0) {
+                    i.flags |= EP_BACKEND;
+                }
+                let id = match a.backend_ids.get(&key.ip).or(given.get(&key.ip)) {
+                    Some(id) => *id,
+                    None => a.bids.take("backend")?,
+                };
+                given.insert(key.ip, id);
+                c.backends.insert(id, BackendInfo { ip: key.ip, weight: b.weight });
+                members.push((ep, b.weight, id));
+            }
+            let named: Vec<(&str, u32)> = members.iter().map(|(ep, w, _)| (ep.name.as_str(), *w)).collect();
+            let ids: Vec<u32> = members.iter().map(|m| m.2).collect();
+            if host && members.is_empty() {
+                continue; // no task here: this node does not answer
+            }
+            let entries = table(svc.scheduler, &named, &ids, listed, state.maglev_slots_per_backend);
+            let key = ServiceKey { vni: 0, ip: 0, port: published.to_be(), proto: p.protocol.number(), _pad: 0 };
+            let prev = port_ids.get(&key);
+            let id = match prev {
+                Some(s) => s.id,
+                None => a.sids.take("service")?,
+            };
+            let size = entries.len() as u32;
+            let same =
+                prev.and_then(|s| current.tables.get(&s.id).filter(|t| t.offset == s.offset && t.entries == entries));
+            let offset = match (same, size) {
+                (Some(t), _) => t.offset,
+                (None, 0) => 0,
+                (None, n) => a.space.place(n)?,
+            };
+            let info = ServiceInfo {
+                id,
+                offset,
+                size,
+                scheduler: sched(svc.scheduler),
+                flags: SVC_PUBLISHED,
+                target: p.target.to_be(),
+            };
+            c.services.insert(key, info);
+            let slots = |id: u32| entries.iter().filter(|e| **e == id).count() as u32;
+            c.views.push(ServiceView {
+                service: svc.name.clone(),
+                network: net.name.clone(),
+                vip: me,
+                scheduler: svc.scheduler.to_string(),
+                ports: vec![format!("{}/{}", p.protocol.as_str(), published)],
+                id,
+                table_size: size,
+                backends: members
+                    .iter()
+                    .map(|(ep, w, bid)| BackendView {
+                        endpoint: ep.name.clone(),
+                        ip: ep.ip,
+                        node: ep.node.clone(),
+                        weight: *w,
+                        id: *bid,
+                        slots: slots(*bid),
+                    })
+                    .collect(),
+                published: Some(PublishedView {
+                    protocol: p.protocol.as_str().to_string(),
+                    published,
+                    target: p.target,
+                    mode: p.publish_mode.as_str().to_string(),
+                }),
+            });
+            if size > 0 {
+                c.tables.insert(id, Table { offset, entries });
+            }
+        }
+    }
     Ok(())
 }
 

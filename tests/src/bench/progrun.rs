@@ -261,7 +261,7 @@ fn vip_rows(report: &mut Report, calls: u32, quick: bool) -> Result<()> {
             ServiceKey { vni: VNI2, ip: k([10, 0, 10, 0]) ^ i.to_be(), port: TCP_PORT.to_be(), proto: 6, _pad: 0 };
         c.services.insert(
             key,
-            ServiceInfo { id: 100 + i, offset: TABLE_OFFSET, size: 1, scheduler: SCHED_MAGLEV, _pad: [0; 3] },
+            ServiceInfo { id: 100 + i, offset: TABLE_OFFSET, size: 1, scheduler: SCHED_MAGLEV, flags: 0, target: 0 },
         );
     }
     bed.apply(c);
