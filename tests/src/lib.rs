@@ -26,5 +26,5 @@ mod vip;
 pub use cleanup::{cleanup_all, RunDir};
 pub use cluster::{overlay_bin, tcpx_bin, Agent, Cluster, Proc};
 pub use netns::{in_netns, run, spawn_in, wait_for, Netns};
-pub use spec::{docker_mac, render_state, BackendSpec, ClusterSpec, EpSpec, NetSpec, NodeSpec, ServiceSpec};
+pub use spec::{docker_mac, render_state, BackendSpec, ClusterSpec, EpSpec, NetSpec, NodeSpec, PortSpec, ServiceSpec};
 pub use vip::{Held, Tally};

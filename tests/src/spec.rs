@@ -20,6 +20,9 @@ pub struct NetSpec {
     pub prefix: u8,
     /// `mtu =` in the state file; `None`: the agent's default (underlay - 50).
     pub mtu: Option<u32>,
+    /// `ingress = true`: Docker's `ingress` network, carrying the routing mesh (gateway: the
+    /// subnet's first host, the agent's default).
+    pub ingress: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +31,16 @@ pub struct EpSpec {
     pub network: String,
     pub node: String,
     pub ip: String,
+}
+
+/// A service port: `{ protocol, target }`, published on the nodes' addresses when `published`
+/// is set (`publish_mode`: `ingress`, the default, or `host`; `None` leaves it out of the file).
+#[derive(Clone, Debug)]
+pub struct PortSpec {
+    pub protocol: String,
+    pub target: u16,
+    pub published: Option<u16>,
+    pub publish_mode: Option<String>,
 }
 
 /// One backend of a service: an endpoint and its weight (`None`: the default, 1; 0 drains).
@@ -47,8 +60,7 @@ pub struct ServiceSpec {
     pub scheduler: Option<String>,
     /// (network, ip)
     pub vips: Vec<(String, String)>,
-    /// (protocol, target port)
-    pub ports: Vec<(String, u16)>,
+    pub ports: Vec<PortSpec>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -76,7 +88,18 @@ impl ServiceSpec {
         self
     }
     pub fn port(mut self, protocol: &str, target: u16) -> Self {
-        self.ports.push((protocol.into(), target));
+        self.ports.push(PortSpec { protocol: protocol.into(), target, published: None, publish_mode: None });
+        self
+    }
+    /// A port published on every node's address (`mode`: `Some("ingress")`, `Some("host")`, or
+    /// `None` to leave `publish_mode` out: ingress, the default).
+    pub fn publish(mut self, protocol: &str, target: u16, published: u16, mode: Option<&str>) -> Self {
+        self.ports.push(PortSpec {
+            protocol: protocol.into(),
+            target,
+            published: Some(published),
+            publish_mode: mode.map(str::to_string),
+        });
         self
     }
     pub fn backend(mut self, endpoint: &str, weight: Option<u32>) -> Self {
@@ -149,7 +172,15 @@ impl ClusterSpec {
     }
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
         let prefix = subnet.split('/').nth(1).and_then(|p| p.parse().ok()).unwrap_or(24);
-        self.networks.push(NetSpec { name: name.into(), vni, subnet: subnet.into(), prefix, mtu: None });
+        self.networks.push(NetSpec { name: name.into(), vni, subnet: subnet.into(), prefix, mtu: None, ingress: false });
+        self
+    }
+    /// The ingress network (`ingress = true`), e.g. Docker's: `("ingress", 4096, "10.0.0.0/24")`.
+    pub fn ingress_network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
+        self = self.network(name, vni, subnet);
+        if let Some(n) = self.networks.last_mut() {
+            n.ingress = true;
+        }
         self
     }
     pub fn endpoint(mut self, name: &str, network: &str, node: &str, ip: &str) -> Self {
@@ -187,7 +218,12 @@ pub fn render_state(spec: &ClusterSpec, containers: &BTreeMap<String, Netns>) ->
     }
     for n in &spec.networks {
         let mtu = n.mtu.map(|m| format!("mtu = {m}\n")).unwrap_or_default();
-        let _ = writeln!(s, "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n{mtu}", n.name, n.vni, n.subnet);
+        let ingress = if n.ingress { "ingress = true\n" } else { "" };
+        let _ = writeln!(
+            s,
+            "[[networks]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n{mtu}{ingress}",
+            n.name, n.vni, n.subnet
+        );
     }
     for e in &spec.endpoints {
         let netns = containers.get(&e.name).map(|c| c.path().display().to_string()).unwrap_or_default();
@@ -214,7 +250,20 @@ fn render_service(s: &mut String, v: &ServiceSpec) {
     }
     let list = |items: Vec<String>| format!("[{}]", items.join(", "));
     let vips = v.vips.iter().map(|(n, ip)| format!("{{ network = \"{n}\", ip = \"{ip}\" }}")).collect();
-    let ports = v.ports.iter().map(|(p, t)| format!("{{ protocol = \"{p}\", target = {t} }}")).collect();
+    let ports = v
+        .ports
+        .iter()
+        .map(|p| {
+            let mut x = format!("{{ protocol = \"{}\", target = {}", p.protocol, p.target);
+            if let Some(pp) = p.published {
+                let _ = write!(x, ", published = {pp}");
+            }
+            if let Some(m) = &p.publish_mode {
+                let _ = write!(x, ", publish_mode = \"{m}\"");
+            }
+            x + " }"
+        })
+        .collect();
     let backends = v
         .backends
         .iter()

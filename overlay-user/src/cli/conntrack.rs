@@ -31,8 +31,10 @@ pub fn main(a: Args) -> Result<ExitCode> {
     let views = Record::load(&paths.record_file())?.map(|r| r.services).unwrap_or_default();
     let mut flows = flows_from_pins(&paths.pins)?;
     if let Some(s) = &a.service {
-        let vips: Vec<_> = views.iter().filter(|v| &v.service == s).map(|v| v.vip).collect();
-        flows.retain(|f| vips.contains(&f.vip));
+        // A VIP is the service's alone; a node's address is shared by every published port.
+        let keys: Vec<_> =
+            views.iter().filter(|v| &v.service == s).map(|v| (v.vip, v.published.as_ref().map(|p| p.published))).collect();
+        flows.retain(|f| keys.iter().any(|(vip, port)| *vip == f.vip && port.is_none_or(|p| p == f.port)));
     }
     if let Some(b) = &a.backend {
         let ips: Vec<_> = views.iter().flat_map(|v| &v.backends).filter(|x| &x.endpoint == b).map(|x| x.ip).collect();
@@ -50,14 +52,14 @@ pub fn main(a: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&flows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<5} {:<21} {:<21} {:<21} {:<8} {:>6}", "proto", "client", "vip", "backend", "state", "idle s");
+    println!("{:<5} {:<21} {:<21} {:<21} {:<8} {:>6}", "proto", "client", "vip / node", "backend", "state", "idle s");
     for f in &flows {
         println!(
             "{:<5} {:<21} {:<21} {:<21} {:<8} {:>6}",
             f.proto,
             format!("{}:{}", f.client, f.client_port),
             format!("{}:{}", f.vip, f.port),
-            format!("{}:{}", f.backend, f.port),
+            format!("{}:{}", f.backend, f.backend_port),
             f.state,
             f.idle_seconds
         );

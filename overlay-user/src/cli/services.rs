@@ -1,5 +1,6 @@
-//! `overlay services`: each VIP with its scheduler and backends, weights, connections and
-//! traffic, the way `ipvsadm -Ln --stats` shows IPVS. Names come from the agent's record,
+//! `overlay services`: each VIP and published port with its scheduler and backends, weights,
+//! connections and traffic, the way `ipvsadm -Ln --stats` shows IPVS; a published port also with
+//! its own counters and drops by reason. Names come from the agent's record,
 //! numbers from the pins (the agent need not run).
 
 use std::process::ExitCode;
@@ -7,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use overlay::{
     agent::{Paths, Record},
-    datapath::{flows_from_pins, lb_stats_from_pins, ServiceView},
+    datapath::{flows_from_pins, lb_stats_from_pins, port_stats_from_pins, ServiceView},
 };
+use overlay_common::stats::DropReason;
 use serde::Serialize;
 
 /// Print the balanced services of NODE: VIPs, ports, scheduler, backends and their counters.
@@ -27,6 +29,20 @@ struct Row {
     backends: Vec<BackendRow>,
     /// The VIP's totals: the sums over its backends.
     total: Totals,
+    /// A published port's own counters (its traffic and its drops by reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<PortRow>,
+}
+
+#[derive(Serialize)]
+struct PortRow {
+    conns: u64,
+    in_pkts: u64,
+    in_bytes: u64,
+    out_pkts: u64,
+    out_bytes: u64,
+    /// Drop reason -> packets (non-zero only).
+    drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize, Default)]
@@ -72,6 +88,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
     let ids: Vec<u32> = views.iter().flat_map(|v| v.backends.iter().map(|b| b.id)).collect();
     let stats = lb_stats_from_pins(&paths.pins, &ids)?;
     let flows = flows_from_pins(&paths.pins)?;
+    let port_ids: Vec<u32> = views.iter().filter(|v| v.published.is_some()).map(|v| v.id).collect();
+    let ports = if port_ids.is_empty() { Default::default() } else { port_stats_from_pins(&paths.pins, &port_ids)? };
     let rows: Vec<Row> = views
         .into_iter()
         .map(|v| {
@@ -106,7 +124,19 @@ pub fn main(a: Args) -> Result<ExitCode> {
                 })
                 .collect::<Vec<BackendRow>>();
             let total = backends.iter().fold(Totals::default(), |t, b| t.plus(&b.counts));
-            Row { view: v, backends, total }
+            let port = v.published.as_ref().and_then(|_| ports.get(&v.id)).map(|s| PortRow {
+                conns: s.traffic.conns,
+                in_pkts: s.traffic.in_pkts,
+                in_bytes: s.traffic.in_bytes,
+                out_pkts: s.traffic.out_pkts,
+                out_bytes: s.traffic.out_bytes,
+                drops: DropReason::ALL
+                    .iter()
+                    .filter(|r| s.drops[**r as usize] != 0)
+                    .map(|r| (r.name(), s.drops[*r as usize]))
+                    .collect(),
+            });
+            Row { view: v, backends, total, port }
         })
         .collect();
     if a.json {
@@ -131,15 +161,47 @@ pub fn main(a: Args) -> Result<ExitCode> {
         "OutBytes"
     );
     for r in &rows {
-        println!(
-            "{} {}:{} {} (service {}, network {})",
-            r.view.ports.iter().map(|p| p.split('/').next().unwrap_or("")).collect::<Vec<_>>().join(",").to_uppercase(),
-            r.view.vip,
-            r.view.ports.iter().map(|p| p.split('/').nth(1).unwrap_or("")).collect::<Vec<_>>().join(","),
-            r.view.scheduler,
-            r.view.service,
-            r.view.network
-        );
+        let protos = r.view.ports.iter().map(|p| p.split('/').next().unwrap_or("")).collect::<Vec<_>>();
+        let nums = r.view.ports.iter().map(|p| p.split('/').nth(1).unwrap_or("")).collect::<Vec<_>>();
+        match &r.view.published {
+            None => println!(
+                "{} {}:{} {} (service {}, network {})",
+                protos.join(",").to_uppercase(),
+                r.view.vip,
+                nums.join(","),
+                r.view.scheduler,
+                r.view.service,
+                r.view.network
+            ),
+            Some(p) => println!(
+                "{} {}:{} -> :{} {} (service {}, published, mode {}, over network {})",
+                p.protocol.to_uppercase(),
+                r.view.vip,
+                p.published,
+                p.target,
+                r.view.scheduler,
+                r.view.service,
+                p.mode,
+                r.view.network
+            ),
+        }
+        if let Some(p) = &r.port {
+            let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "  {:<30} {:>6} {:>6} {:>6} {:>6} {:>8} {:>10} {:>12} {:>10} {:>12}{}",
+                "(published port)",
+                "",
+                "",
+                "",
+                "",
+                p.conns,
+                p.in_pkts,
+                p.in_bytes,
+                p.out_pkts,
+                p.out_bytes,
+                if drops.is_empty() { String::new() } else { format!("  drops: {}", drops.join(", ")) }
+            );
+        }
         let t = &r.total;
         println!(
             "  {:<30} {:>6} {:>6} {:>6} {:>6} {:>8} {:>10} {:>12} {:>10} {:>12}",

@@ -5,7 +5,9 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use overlay_common::maps::{ct_timeout_ns, CtEntry, CtKey, LbStats, CT_CLOSING, CT_REPLY, MAP_CT, MAP_LB_STATS};
+use overlay_common::maps::{
+    ct_timeout_ns, CtEntry, CtKey, LbStats, PortStats, CT_CLOSING, CT_MESH, CT_REPLY, MAP_CT, MAP_LB_STATS, MAP_PORT_STATS,
+};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
@@ -20,7 +22,11 @@ pub struct TrackedFlow {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub backend: Ipv4Addr,
+    /// The port the backend listens on (a published port's target; a VIP's port).
+    pub backend_port: u16,
     pub backend_id: u32,
+    /// Through a published port (the routing mesh): `vip` is this node's address.
+    pub mesh: bool,
     /// "active" (TCP established or UDP) or "closing".
     pub state: &'static str,
     pub idle_seconds: u64,
@@ -59,7 +65,9 @@ fn flows_of(map: &Map) -> Result<Vec<TrackedFlow>> {
             vip: ip(k.dst),
             port: u16::from_be(k.dport),
             backend: ip(e.nat_ip),
+            backend_port: if e.flags & CT_MESH != 0 { u16::from_be(e.nat_port) } else { u16::from_be(k.dport) },
             backend_id: e.backend,
+            mesh: e.flags & CT_MESH != 0,
             state: if e.flags & CT_CLOSING != 0 { "closing" } else { "active" },
             idle_seconds: now.saturating_sub(e.last_seen) / 1_000_000_000,
         });
@@ -107,6 +115,14 @@ fn remove_where(map: &mut Map, remove: impl Fn(&CtKey, &CtEntry) -> bool) -> Res
 /// Counters of these backend ids, from the pins.
 pub fn lb_stats_from_pins(pin_dir: &Path, ids: &[u32]) -> Result<FxHashMap<u32, LbStats>> {
     stats_of(&Map::Array(open_pin(pin_dir, MAP_LB_STATS)?), ids)
+}
+
+/// Counters of these published ports (service ids), from the pins; a port without an entry
+/// (not published on this node) is left out.
+pub fn port_stats_from_pins(pin_dir: &Path, ids: &[u32]) -> Result<FxHashMap<u32, PortStats>> {
+    let map = Map::HashMap(open_pin(pin_dir, MAP_PORT_STATS)?);
+    let m = BpfHashMap::<_, u32, PortStats>::try_from(&map)?;
+    Ok(ids.iter().filter_map(|id| m.get(id, 0).ok().map(|s| (*id, s))).collect())
 }
 
 impl Datapath {

@@ -24,12 +24,12 @@ use overlay_common::maps::*;
 
 pub use contents::{desired_contents, network_mtu};
 pub use counters::Counters;
-pub use lbview::{flows_from_pins, flush_conntrack_pins, lb_stats_from_pins, TrackedFlow};
+pub use lbview::{flows_from_pins, flush_conntrack_pins, lb_stats_from_pins, port_stats_from_pins, TrackedFlow};
 pub use maps::Contents;
 pub use nexthops::{resolve as resolve_nexthops, unresolved as unresolved_nexthops, Neighbour, Route};
 pub use pins::check_bpffs;
 use pins::check_pinned_layouts;
-pub use services::{BackendView, ServiceView, Table};
+pub use services::{BackendView, PublishedView, ServiceView, Table};
 
 /// The kernel programs, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.bpf.o"));
