@@ -105,8 +105,8 @@ fn port_drop(id: u32, reason: DropReason) {
 
 /// Is this (Ethernet + IPv4 at 0) packet for a published port of this node? `Ok(None)`: no,
 /// it is the host's own. Reads are bounded by the IPv4 length (`frame_len` is the whole frame).
-#[inline(always)]
 /// `port` is set to the port's service id as soon as the packet is known to be for it.
+#[inline(always)]
 pub fn published(
     pkt: &Packet,
     frame_len: usize,
@@ -174,6 +174,8 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
             }
             if t.wrapping_sub(ct.last_seen) > REFRESH_NS {
                 ct.last_seen = t;
+                // Once a second: the reply entry may have been evicted alone (LRU).
+                ensure_reply(h, ct, macs);
             }
             lb::count(backend, 0, false, h.tot_len as u32);
             stats::fwd(FwdCounter::MeshForward);
@@ -231,6 +233,30 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
     lb::count(backend, new as u64, false, h.tot_len as u32);
     stats::fwd(if new { FwdCounter::MeshNew } else { FwdCounter::LbRepick });
     Ok(Pick { ip, port: svc.target, ep: *ep, new })
+}
+
+/// The reply entry of a tracked flow (`fwd` its forward entry), written again if it is missing.
+/// Out of line: cold, and its entry would weigh on the stage's frame.
+#[inline(never)]
+fn ensure_reply(h: &Hdr, fwd: &CtEntry, macs: &[u8; 12]) -> i64 {
+    let k = CtKey { src: fwd.nat_ip, dst: h.src, sport: fwd.nat_port, dport: h.ports[0], proto: h.proto, _pad: [0; 3] };
+    if unsafe { OV_CT.get(&k) }.is_some() {
+        return 0;
+    }
+    let e = CtEntry {
+        nat_ip: h.dst,
+        backend: fwd.backend,
+        flags: CT_MESH | CT_REPLY | (fwd.flags & CT_CLOSING),
+        nat_port: h.ports[1],
+        service: fwd.service,
+        last_seen: fwd.last_seen,
+        peer: h.dst,
+        macs: *macs,
+    };
+    if OV_CT.insert(&k, &e, 0).is_err() {
+        return -1;
+    }
+    0
 }
 
 /// The reply's Ethernet header: towards where the packet came from, from where it went.
