@@ -26,7 +26,7 @@ use overlay_common::{
         CT_REPLY, EP_LOCAL, SCHED_MAGLEV, SCHED_SH,
     },
     stats::{DropReason, FwdCounter},
-    vxlan::{default_mac, flow_hash, src_port},
+    vxlan::{default_mac, flow_hash, src_port, ENCAP_OVERHEAD},
 };
 
 use crate::{
@@ -277,11 +277,14 @@ fn eth_pair(dst: &[u8; 6], src: &[u8; 6]) -> [u8; 12] {
     m
 }
 
-/// The ingress network's MTU and gateway MAC (the source of frames the mesh delivers).
+/// The largest packet the mesh carries (the ingress network's MTU, and what fits the underlay
+/// once encapsulated: checked before the backend is known, so the client hears it from the
+/// node's address) and the gateway MAC (the source of frames the mesh delivers).
 #[inline(always)]
 fn ingress_net(cfg: &Config) -> Result<(u32, [u8; 6]), DropReason> {
     let net = unsafe { OV_NETWORKS.get(&cfg.ingress_vni) }.ok_or(DropReason::NoConfig)?;
-    Ok((net.mtu, default_mac(net.gateway.to_ne_bytes())))
+    let fits = cfg.underlay_mtu.saturating_sub(ENCAP_OVERHEAD);
+    Ok((if net.mtu < fits { net.mtu } else { fits }, default_mac(net.gateway.to_ne_bytes())))
 }
 
 // ---- Entry: staged, each stage called by the underlay program ----------------------------
