@@ -51,6 +51,8 @@ pub struct Hdr {
     pub dst: u32,
     pub proto: u8,
     pub tcp_flags: u8,
+    /// Copied to the outer header when encapsulated, as the container side does.
+    pub tos: u8,
     pub df: bool,
     pub tot_len: u16,
     /// Source and destination ports as in the packet.
@@ -113,6 +115,11 @@ pub fn published(
     cfg: &Config,
     port: &mut u32,
 ) -> Result<Option<(Hdr, ServiceInfo)>, DropReason> {
+    let Some(et) = pkt.at::<[u8; 2]>(12) else { return Ok(None) };
+    // SAFETY: bounds-checked above.
+    if u16::from_be_bytes(unsafe { *et }) != ETH_P_IP {
+        return Ok(None);
+    }
     let Some(h) = pkt.at::<[u8; IPV4_LEN]>(ETH_LEN) else { return Ok(None) };
     // SAFETY: bounds-checked above.
     let h = unsafe { *h };
@@ -150,7 +157,7 @@ pub fn published(
     let ports: [u16; 2] = lb::read(pkt, L4)?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP { lb::read(pkt, L4 + 13)? } else { 0 };
     let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
-    Ok(Some((Hdr { src, dst, proto, tcp_flags, df: frags & IP_DF != 0, tot_len, ports }, svc)))
+    Ok(Some((Hdr { src, dst, proto, tcp_flags, tos: h[1], df: frags & IP_DF != 0, tot_len, ports }, svc)))
 }
 
 /// The flow's backend: its conntrack entry, or the scheduler's pick (then both entries are
@@ -177,7 +184,7 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
                 // Once a second: the reply entry may have been evicted alone (LRU).
                 ensure_reply(h, ct, macs);
             }
-            lb::count(backend, 0, false, h.tot_len as u32);
+            lb::count(backend, 0, false, (ETH_LEN + h.tot_len as usize) as u32);
             stats::fwd(FwdCounter::MeshForward);
             return Ok(Pick { ip: ct.nat_ip, port: ct.nat_port, ep: *ep, new: false });
         }
@@ -230,7 +237,7 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
     e.macs = *macs;
     OV_CT.insert(&k, &e, 0).map_err(|_| DropReason::ConntrackFull)?;
     let new = !(h.proto == IPPROTO_TCP && h.tcp_flags & TCP_SYN == 0);
-    lb::count(backend, new as u64, false, h.tot_len as u32);
+    lb::count(backend, new as u64, false, (ETH_LEN + h.tot_len as usize) as u32);
     stats::fwd(if new { FwdCounter::MeshNew } else { FwdCounter::LbRepick });
     Ok(Pick { ip, port: svc.target, ep: *ep, new })
 }
@@ -421,7 +428,7 @@ pub fn begin_tc(ctx: &TcContext) -> i64 {
         dst: 0,
         proto: h.proto,
         ports: 0,
-        tos: 0,
+        tos: h.tos,
         df: h.df,
         l3_l4_hdr: IPV4_LEN as u32 + l4_hdr,
     };
@@ -435,7 +442,7 @@ pub fn pick_stage() -> i64 {
     match pick_inner(&sc.h, &sc.svc, &sc.macs) {
         Ok(p) => {
             sc.pick = p;
-            port_count(sc.svc.id, p.new as u64, false, sc.h.tot_len as u32);
+            port_count(sc.svc.id, p.new as u64, false, (ETH_LEN + sc.h.tot_len as usize) as u32);
             NEXT
         }
         Err(r) => dropped(sc, r),
@@ -578,7 +585,7 @@ fn encap_xdp(ctx: &XdpContext, cfg: &Config, h: &Hdr, p: &Pick) -> i64 {
     // SAFETY: the 50 bytes from `out` were bounds-checked above; headers written in place.
     unsafe {
         *out.cast::<[u8; ETH_LEN]>() = hdr::eth(&dmac, &smac, ETH_P_IP);
-        *out.add(14).cast::<[u8; IPV4_LEN]>() = hdr::ipv4(0, tot_len, IP_DF, IPPROTO_UDP, cfg.node_ip, p.ep.vtep);
+        *out.add(14).cast::<[u8; IPV4_LEN]>() = hdr::ipv4(h.tos, tot_len, IP_DF, IPPROTO_UDP, cfg.node_ip, p.ep.vtep);
         *out.add(34).cast::<[u8; UDP_LEN]>() = hdr::udp(sport, cfg.vxlan_port, tot_len - IPV4_LEN as u16);
         *out.add(42).cast::<[u8; VXLAN_LEN]>() = hdr::vxlan(cfg.ingress_vni);
     }

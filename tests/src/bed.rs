@@ -22,6 +22,7 @@ pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 pub const NODE_IP: [u8; 4] = [192, 168, 50, 11];
@@ -126,10 +127,26 @@ impl Bed {
     }
 
     pub fn xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
+        self.xdp_on(data, 0)
+    }
+
+    /// Like `xdp`, for a frame received on `ingress_ifindex` (0: the kernel's default, the
+    /// loopback device of the namespace).
+    pub fn xdp_on(&mut self, data: &[u8], ingress_ifindex: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(data.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let mut out = vec![0u8; data.len() + 256];
         let p: &Xdp = self.dp.ebpf().program(PROG_UNDERLAY_XDP).unwrap().try_into().unwrap();
-        let r =
-            p.test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ..Default::default() }).unwrap();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ctx_in: if ingress_ifindex == 0 { None } else { Some(&ctx) },
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("XDP test run with {} bytes on ifindex {ingress_ifindex}: {e}", data.len()));
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
@@ -140,11 +157,16 @@ impl Bed {
 
     /// Put (or, with `None`, remove) the cached next hop towards the peer VTEP.
     pub fn set_peer_nexthop(&mut self, nh: Option<NextHop>) {
-        let key = k(PEER_IP);
-        let mut want = rustc_hash::FxHashMap::default();
-        if let Some(nh) = nh {
-            want.insert(key, nh);
-        }
+        self.set_nexthop(PEER_IP, nh);
+    }
+
+    /// Put (or, with `None`, remove) the cached next hop towards `vtep`; others stay.
+    pub fn set_nexthop(&mut self, vtep: [u8; 4], nh: Option<NextHop>) {
+        let mut want = self.nexthops.clone();
+        match nh {
+            Some(nh) => want.insert(k(vtep), nh),
+            None => want.remove(&k(vtep)),
+        };
         let current = std::mem::take(&mut self.nexthops);
         self.dp.apply_nexthops(&current, &want).unwrap();
         self.nexthops = want;
@@ -165,6 +187,32 @@ impl Bed {
         let map = self.dp.ebpf().map(MAP_CT).unwrap();
         let m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map).unwrap();
         m.iter().map(|kv| kv.unwrap()).collect()
+    }
+
+    /// Write one conntrack entry straight into OV_CT (a state the datapath would reach some
+    /// other way, e.g. on another node).
+    pub fn put_conntrack(&mut self, key: CtKey, entry: CtEntry) {
+        let map = self.dp.ebpf().map_mut(MAP_CT).unwrap();
+        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map).unwrap();
+        m.insert(key, entry, 0).unwrap();
+    }
+
+    /// Remove one conntrack entry from OV_CT (as the LRU evicts one direction of a flow alone).
+    pub fn remove_conntrack(&mut self, key: &CtKey) {
+        let map = self.dp.ebpf().map_mut(MAP_CT).unwrap();
+        let mut m = BpfHashMap::<_, CtKey, CtEntry>::try_from(map).unwrap();
+        m.remove(key).unwrap();
+    }
+
+    /// A published port's counters, read straight from OV_PORT_STATS (`None`: no entry).
+    pub fn port_stats(&mut self, id: u32) -> Option<PortStats> {
+        let map = self.dp.ebpf().map(MAP_PORT_STATS).unwrap();
+        let m = BpfHashMap::<_, u32, PortStats>::try_from(map).unwrap();
+        match m.get(&id, 0) {
+            Ok(s) => Some(s),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => panic!("reading {MAP_PORT_STATS}[{id}]: {e}"),
+        }
     }
 
     /// The container-side program, as backend C (a service backend on this node) sends.
@@ -252,5 +300,103 @@ pub fn pin_to_this_cpu() {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The routing mesh: an ingress network and published ports (see `bed_with_mesh`)
+
+/// The ingress network (Docker's is VNI 4096, 10.0.0.0/24; another subnet here), its MTU and
+/// its gateway, which backends send their replies to outside clients through.
+pub const ING_VNI: u32 = 4096;
+pub const ING_MTU: u32 = 1450;
+pub const GW: [u8; 4] = [10, 255, 0, 1];
+pub const GW_MAC: [u8; 6] = default_mac(GW);
+/// Tasks on the ingress network: L a backend on this node, R a backend on the peer node, N a
+/// container on this node that backs nothing.
+pub const ING_L: [u8; 4] = [10, 255, 0, 5];
+pub const ING_R: [u8; 4] = [10, 255, 0, 4];
+pub const ING_N: [u8; 4] = [10, 255, 0, 6];
+pub const MAC_L: [u8; 6] = default_mac(ING_L);
+pub const MAC_R: [u8; 6] = default_mac(ING_R);
+pub const MAC_N: [u8; 6] = default_mac(ING_N);
+pub const L_IFINDEX: u32 = 44;
+pub const N_IFINDEX: u32 = 45;
+/// An outside client, and the router it comes through (the source MAC of its frames).
+pub const CLIENT: [u8; 4] = [203, 0, 113, 7];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// Published ports and the ports the backends listen on.
+pub const PUB_TCP: u16 = 8080;
+pub const TARGET_TCP: u16 = 80;
+pub const PUB_UDP: u16 = 5353;
+pub const TARGET_UDP: u16 = 53;
+/// The published ports' service ids (their OV_PORT_STATS keys) and their tables' offsets.
+pub const MESH_TCP_ID: u32 = 7;
+pub const MESH_UDP_ID: u32 = 8;
+pub const MESH_TCP_OFFSET: u32 = 2000;
+pub const MESH_UDP_OFFSET: u32 = 2100;
+/// Backend ids of L and R.
+pub const ID_L: u32 = 20;
+pub const ID_R: u32 = 21;
+/// Both ports' table: 7 slots in no regular pattern, so that a wrong slot shows.
+pub const MESH_TABLE: [u32; 7] = [ID_L, ID_R, ID_R, ID_L, ID_R, ID_L, ID_L];
+
+/// A published port's OV_SERVICES key: VNI 0, address 0, the port in network order.
+pub fn published_key(proto: u8, port: u16) -> ServiceKey {
+    ServiceKey { vni: 0, ip: 0, port: port.to_be(), proto, _pad: 0 }
+}
+
+/// `bed()` with the routing mesh: the ingress network (VNI ING_VNI, MTU 1450, gateway GW,
+/// answered to ARP), tasks L (local backend), R (remote backend on the peer) and N (local, no
+/// backend), TCP 8080 -> 80 and UDP 5353 -> 53 published over `MESH_TABLE` (Maglev).
+/// OV_PORT_STATS gets each port's entry from `apply`, as the agent's.
+pub fn bed_with_mesh() -> Bed {
+    bed_with_mesh_table(SCHED_MAGLEV, &MESH_TABLE)
+}
+
+pub fn bed_with_mesh_table(scheduler: u8, table: &[u32]) -> Bed {
+    let mut bed = bed();
+    // L and N send too: a test run on an ifindex needs a device with that index.
+    bed._ns
+        .sh(&format!(
+            "ip link add l0 index {L_IFINDEX} type veth peer name l1 && \
+             ip link add n0 index {N_IFINDEX} type veth peer name n1"
+        ))
+        .unwrap();
+    let mut c = bed.contents.clone();
+    c.config.ingress_vni = ING_VNI;
+    c.networks.insert(ING_VNI, NetworkInfo { mtu: ING_MTU, flags: NET_INGRESS, gateway: k(GW) });
+    let ep = |ip| EndpointKey { vni: ING_VNI, ip: k(ip) };
+    c.endpoints.insert(ep(GW), EndpointInfo { mac: GW_MAC, flags: EP_GATEWAY, ifindex: 0, vtep: 0 });
+    c.endpoints
+        .insert(ep(ING_L), EndpointInfo { mac: MAC_L, flags: EP_LOCAL | EP_BACKEND, ifindex: L_IFINDEX, vtep: 0 });
+    c.endpoints.insert(ep(ING_N), EndpointInfo { mac: MAC_N, flags: EP_LOCAL, ifindex: N_IFINDEX, vtep: 0 });
+    c.endpoints.insert(ep(ING_R), EndpointInfo { mac: MAC_R, flags: EP_BACKEND, ifindex: 0, vtep: k(PEER_IP) });
+    c.local_ifaces.insert(L_IFINDEX, LocalIface { vni: ING_VNI, ip: k(ING_L), mac: MAC_L, flags: EP_BACKEND });
+    c.local_ifaces.insert(N_IFINDEX, LocalIface { vni: ING_VNI, ip: k(ING_N), mac: MAC_N, flags: 0 });
+    c.backends.insert(ID_L, BackendInfo { ip: k(ING_L), weight: 1 });
+    c.backends.insert(ID_R, BackendInfo { ip: k(ING_R), weight: 1 });
+    for (proto, port, target, id) in [(6, PUB_TCP, TARGET_TCP, MESH_TCP_ID), (17, PUB_UDP, TARGET_UDP, MESH_UDP_ID)] {
+        let info = ServiceInfo { id, offset: 0, size: 0, scheduler, flags: SVC_PUBLISHED, target: target.to_be() };
+        c.services.insert(published_key(proto, port), info);
+    }
+    set_published_table(&mut c, MESH_TCP_ID, MESH_TCP_OFFSET, table);
+    set_published_table(&mut c, MESH_UDP_ID, MESH_UDP_OFFSET, table);
+    bed.apply(c);
+    bed
+}
+
+/// Give the published port of service `id` this table at `offset` (empty: no backend takes new
+/// connections).
+pub fn set_published_table(c: &mut Contents, id: u32, offset: u32, table: &[u32]) {
+    for (key, s) in c.services.iter_mut() {
+        if key.vni == 0 && key.ip == 0 && s.id == id {
+            s.offset = if table.is_empty() { 0 } else { offset };
+            s.size = table.len() as u32;
+        }
+    }
+    c.tables.remove(&id);
+    if !table.is_empty() {
+        c.tables.insert(id, Table { offset, entries: table.to_vec() });
     }
 }
