@@ -1,12 +1,13 @@
 //! `cargo xtask demo`: a three-node cluster in namespaces with containers on two overlay
-//! networks, a connectivity matrix, a service VIP balanced in eBPF, the datapath counters, then
-//! teardown.
+//! networks, a connectivity matrix, a service VIP balanced in eBPF, a published port reached
+//! from outside through every node with the client's address kept (the routing mesh), the
+//! datapath counters, then teardown.
 //! `--keep` leaves it up until Ctrl-C and prints how to look around.
 
 use std::{process::Stdio, time::Instant};
 
 use anyhow::{bail, Result};
-use overlay_tests::{in_netns, overlay_bin, prereq, tcpx_bin, Cluster, ClusterSpec, ServiceSpec};
+use overlay_tests::{in_netns, mesh::PeerServer, overlay_bin, prereq, tcpx_bin, Cluster, ClusterSpec, ServiceSpec};
 
 /// One cell of the matrix: what ping said, read from its exit status (0 reply, 1 no reply,
 /// anything else: ping itself failed, so nothing was learned about the overlay).
@@ -73,6 +74,63 @@ fn service_vip(c: &mut Cluster) -> Result<u32> {
     Ok(failed)
 }
 
+const PUBLISHED: u16 = 8080;
+const CLIENT: &str = "192.168.50.100";
+
+/// The routing mesh: "shop" publishes 8080 -> 80 over tasks on node-b and node-c; an outside
+/// client connects to every node's address, node-a (no task) included. Returns failed checks.
+fn routing_mesh(c: &mut Cluster) -> Result<u32> {
+    println!(
+        "\nService \"shop\": tcp {PUBLISHED} published (ingress mode) over shop.1 (node-b) and shop.2 (node-c), \
+         tasks on the ingress network 10.0.0.0/24"
+    );
+    c.spec.services.push(
+        ServiceSpec::new("shop").publish("tcp", 80, PUBLISHED, None).backend("shop.1", None).backend("shop.2", None),
+    );
+    c.apply()?;
+    c.add_external("client", CLIENT)?;
+    let servers =
+        [PeerServer::start(c.container("shop.1"), "shop.1", 80)?, PeerServer::start(c.container("shop.2"), "shop.2", 80)?];
+    let mut failed = 0;
+    for node in ["node-a", "node-b", "node-c"] {
+        let addr = c.address_of(node);
+        match c.mesh_cps("client", node, PUBLISHED, 100) {
+            Ok(t) => {
+                let show: Vec<String> = t.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                println!("  100 connections from {CLIENT} (outside) to {addr}:{PUBLISHED} ({node}): {}", show.join(", "));
+                if t.is_empty() {
+                    failed += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  connections to {addr}:{PUBLISHED} ({node}): FAIL ({e:#})");
+            }
+        }
+    }
+    let seen: std::collections::BTreeSet<String> =
+        servers.iter().flat_map(|s| s.peers()).map(|p| p.addr.ip().to_string()).collect();
+    let kept = seen.len() == 1 && seen.contains(CLIENT);
+    failed += u32::from(!kept);
+    println!(
+        "  client addresses the tasks saw: {} ({})",
+        seen.into_iter().collect::<Vec<_>>().join(", "),
+        if kept { "the client's own: Docker's mesh would show its ingress sandbox" } else { "FAIL" }
+    );
+    println!("\n  overlay services --node node-a (published port; node-a runs no task):");
+    let cmd = format!("{} services --node node-a --run-dir {}", overlay_bin().display(), c.run_dir.path.display());
+    let out = in_netns(&c.nodes["node-a"].name, &cmd).stdin(Stdio::null()).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().skip_while(|l| !l.contains(&format!(":{PUBLISHED} -> ")));
+    if let Some(head) = lines.next() {
+        println!("    {head}");
+        for l in lines.take_while(|l| l.starts_with(' ')) {
+            println!("    {l}");
+        }
+    }
+    Ok(failed)
+}
+
 fn main() -> Result<()> {
     // Before anything is created: a missing tool is named, never mistaken for a broken overlay.
     prereq::require(&[prereq::IP, prereq::PING], "cargo xtask demo")?;
@@ -82,7 +140,10 @@ fn main() -> Result<()> {
         }
     }
     let keep = std::env::args().any(|a| a == "--keep");
-    let spec = ClusterSpec::three_nodes_two_networks();
+    let spec = ClusterSpec::three_nodes_two_networks()
+        .ingress_network("ingress", 4096, "10.0.0.0/24")
+        .endpoint("shop.1", "ingress", "node-b", "10.0.0.3")
+        .endpoint("shop.2", "ingress", "node-c", "10.0.0.4");
     println!(
         "Bringing up {} nodes, {} overlay networks, {} containers (all in network namespaces)...",
         spec.nodes.len(),
@@ -101,11 +162,13 @@ fn main() -> Result<()> {
     c.start_servers()?;
     // Give every container a route into the other network too, as a misbehaving container
     // might: cross-network packets then really reach the datapath, which refuses (and counts) them.
-    for e in c.spec.endpoints.clone() {
+    // (The ingress network's tasks are the routing mesh's, shown after the VIP.)
+    let overlay: Vec<_> = c.spec.endpoints.iter().filter(|e| e.network != "ingress").cloned().collect();
+    for e in overlay.clone() {
         let other = if e.network == "app-net" { "10.0.10.0/24" } else { "10.0.9.0/24" };
         c.container(&e.name).sh(&format!("ip route add {other} dev eth0"))?;
     }
-    let names: Vec<String> = c.spec.endpoints.iter().map(|e| e.name.clone()).collect();
+    let names: Vec<String> = overlay.iter().map(|e| e.name.clone()).collect();
     println!("Connectivity (ping; same network should reach, other network must not, even with a route to it):\n");
     print!("{:>8} ", "from\\to");
     for n in &names {
@@ -149,6 +212,7 @@ fn main() -> Result<()> {
         if tcp { "ok" } else { "FAIL" }
     );
     failed += service_vip(&mut c)?;
+    failed += routing_mesh(&mut c)?;
     println!("\nDatapath counters (overlay stats):");
     for n in ["node-a", "node-b", "node-c"] {
         let v = c.stats(n)?;
