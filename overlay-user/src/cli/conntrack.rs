@@ -32,8 +32,11 @@ pub fn main(a: Args) -> Result<ExitCode> {
     let mut flows = flows_from_pins(&paths.pins)?;
     if let Some(s) = &a.service {
         // A VIP is the service's alone; a node's address is shared by every published port.
-        let keys: Vec<_> =
-            views.iter().filter(|v| &v.service == s).map(|v| (v.vip, v.published.as_ref().map(|p| p.published))).collect();
+        let keys: Vec<_> = views
+            .iter()
+            .filter(|v| &v.service == s)
+            .map(|v| (v.vip, v.published.as_ref().map(|p| p.published)))
+            .collect();
         flows.retain(|f| keys.iter().any(|(vip, port)| *vip == f.vip && port.is_none_or(|p| p == f.port)));
     }
     if let Some(b) = &a.backend {

@@ -6,7 +6,8 @@ use std::{net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use overlay_common::maps::{
-    ct_timeout_ns, CtEntry, CtKey, LbStats, PortStats, CT_CLOSING, CT_MESH, CT_REPLY, MAP_CT, MAP_LB_STATS, MAP_PORT_STATS,
+    ct_timeout_ns, CtEntry, CtKey, LbStats, PortStats, CT_CLOSING, CT_MESH, CT_REPLY, MAP_CT, MAP_LB_STATS,
+    MAP_PORT_STATS,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
