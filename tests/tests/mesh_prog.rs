@@ -833,7 +833,7 @@ fn too_big(prog: Prog) {
     assert_eq!(r.moved, vec![("drop:too-big".into(), 1), ("icmp-frag-needed".into(), 1)], "{prog:?}: counters");
     // XDP sends it back where it came from; TC redirects it to the underlay.
     assert_eq!(r.verdict, if prog.is_xdp() { XDP_TX } else { TC_ACT_REDIRECT }, "{prog:?}: verdict");
-    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..42]);
+    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..54]); // TCP: its IPv4 and TCP headers quoted
     let mut want = eth(ROUTER_MAC, NODE_MAC, 0x0800);
     want.extend(ipv4(NODE_IP, CLIENT, 1, msg.len(), 0, 0xc0));
     want.extend(msg);
@@ -874,7 +874,7 @@ fn ingress_mtu_above_the_underlays(prog: Prog) {
     let p = port_to(6, BR);
     let f = client_tcp(p, 1, 0, TCP_SYN, &[7; 1451 - 40]);
     let r = run(&mut bed, prog, &f);
-    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..42]);
+    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..54]); // TCP: its IPv4 and TCP headers quoted
     let mut want = eth(ROUTER_MAC, NODE_MAC, 0x0800);
     want.extend(ipv4(NODE_IP, CLIENT, 1, msg.len(), 0, 0xc0));
     want.extend(msg);
@@ -908,7 +908,7 @@ fn tc_gso_packets_are_measured_by_their_segments() {
     let r = run_gso(&mut bed, Prog::Tc, &f, 1411);
     assert_eq!(r.moved, vec![("drop:too-big".into(), 1), ("icmp-frag-needed".into(), 1)], "segments of 1451 bytes");
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..42]);
+    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..54]); // TCP: its IPv4 and TCP headers quoted
     let mut want = eth(ROUTER_MAC, NODE_MAC, 0x0800);
     want.extend(ipv4(NODE_IP, CLIENT, 1, msg.len(), 0, 0xc0));
     want.extend(msg);

@@ -247,10 +247,10 @@ fn too_big_for_the_underlay_gets_icmp_fragmentation_needed() {
     );
     assert_eq!(bed.counters().fwd(FwdCounter::IcmpFragNeeded), before.fwd(FwdCounter::IcmpFragNeeded) + 1);
     // Back to the sender: from the address it wrote to, type 3 code 4, next-hop MTU 1450,
-    // quoting its IPv4 header and the first 8 bytes after it.
+    // quoting its IPv4 header and (TCP) its 20-byte TCP header.
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&1450u16.to_be_bytes());
-    icmp.extend_from_slice(&f[14..42]);
+    icmp.extend_from_slice(&f[14..54]);
     let c = csum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     let mut want = eth(MAC_A, MAC_B, 0x0800);

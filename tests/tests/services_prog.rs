@@ -329,7 +329,7 @@ fn too_big_for_the_underlay_gets_fragmentation_needed_from_the_vip() {
     let r = run(&mut bed, Prog::FromA, &f);
     assert_eq!(r.moved, vec![("drop:too-big".into(), 1), ("icmp-frag-needed".into(), 1)], "counters");
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..42]);
+    let msg = icmp(3, 4, [0, 0, 0x05, 0xaa], &f[14..54]); // TCP: its IPv4 and TCP headers quoted
     let mut want = eth(MAC_A, VIP_MAC, 0x0800);
     want.extend(ipv4(VIP, A, 1, msg.len(), 0, 0xc0));
     want.extend(msg);
