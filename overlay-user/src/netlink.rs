@@ -227,6 +227,23 @@ impl Netlink {
         }
     }
 
+    /// Traffic from local port `port` of IP protocol `proto` is routed by `table`. Idempotent.
+    pub async fn port_rule(&self, proto: u8, port: u16, table: u32) -> Result<()> {
+        use netlink_packet_route::{
+            rule::{RuleAction, RuleAttribute, RulePortRange},
+            IpProtocol,
+        };
+        let mut rule = self.handle.rule().add().v4().table_id(table).action(RuleAction::ToTable).priority(101);
+        let attrs = &mut rule.message_mut().attributes;
+        attrs.push(RuleAttribute::IpProtocol(IpProtocol::from(proto as i32)));
+        attrs.push(RuleAttribute::SourcePortRange(RulePortRange { start: port, end: port }));
+        match rule.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding the mesh reply rule for source port {port}")),
+        }
+    }
+
     /// Ask the kernel to resolve `ip`'s link-layer address on `index` (NTF_USE: as if a packet
     /// were waiting for it), without sending anything ourselves.
     pub async fn resolve_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {

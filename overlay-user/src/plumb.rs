@@ -37,6 +37,11 @@ pub struct VethSpec {
     /// route is (docker_gwbridge's, in Docker): a source rule sends them to `MESH_TABLE`.
     #[serde(default)]
     pub mesh_gateway: Option<Ipv4Addr>,
+    /// (IP protocol, port) of the published ports this endpoint serves: replies from a socket
+    /// bound to no address (UDP servers on 0.0.0.0) carry no source address when they are
+    /// routed, so a rule on their source port sends them to `MESH_TABLE` too.
+    #[serde(default)]
+    pub mesh_ports: Vec<(u8, u16)>,
 }
 
 /// The container's routing table for replies from its ingress-network address.
@@ -122,6 +127,9 @@ async fn configure_sandbox_end(sandbox: &Netlink, spec: &VethSpec) -> Result<()>
     sandbox.set_up(inner.index).await?;
     if let Some(gw) = spec.mesh_gateway {
         sandbox.source_routes(spec.ip, spec.prefix, gw, inner.index, MESH_TABLE).await?;
+        for &(proto, port) in &spec.mesh_ports {
+            sandbox.port_rule(proto, port, MESH_TABLE).await?;
+        }
     }
     if let Some(lo) = sandbox.link("lo").await? {
         if !lo.up {

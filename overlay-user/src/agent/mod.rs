@@ -219,6 +219,7 @@ impl Agent {
             mtu: network_mtu(net, self.underlay.mtu),
             host: host_veth_name(&ep.name),
             mesh_gateway: if net.ingress { net.gateway } else { None },
+            mesh_ports: if net.ingress { mesh_ports(state, &ep.name) } else { Vec::new() },
         })
     }
 
@@ -288,4 +289,17 @@ fn decap_mode(choice: Option<DecapMode>, underlay: &Underlay) -> DecapMode {
         );
     }
     mode
+}
+
+/// (IP protocol, target port) of every published port an endpoint serves, sorted.
+fn mesh_ports(state: &ClusterState, endpoint: &str) -> Vec<(u8, u16)> {
+    let mut out: Vec<(u8, u16)> = state
+        .services
+        .values()
+        .filter(|s| s.backends.iter().any(|b| b.endpoint == endpoint))
+        .flat_map(|s| s.ports.iter().filter(|p| p.published.is_some()).map(|p| (p.protocol.number(), p.target)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
