@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
     process::Child,
     time::Duration,
@@ -58,6 +59,26 @@ impl Drop for Agent {
     }
 }
 
+/// A host on the underlay that is no node (an outside client of published ports): its own
+/// namespace, `eth0` bridged into the underlay, an address of the underlay subnet.
+pub struct External {
+    pub ns: Netns,
+    /// Its underlay address (no prefix).
+    pub address: String,
+}
+
+impl External {
+    /// Run a shell command inside; fail with its output if it fails.
+    pub fn sh(&self, cmd: &str) -> Result<String> {
+        self.ns.sh(cmd)
+    }
+
+    /// Run a shell command inside; whether it succeeded.
+    pub fn ok(&self, cmd: &str) -> bool {
+        self.ns.ok(cmd)
+    }
+}
+
 /// A running cluster: an underlay bridge in its own namespace, a namespace per node, one per
 /// container, and an agent per node of ours.
 pub struct Cluster {
@@ -70,6 +91,8 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Agent>,
     pub servers: Vec<Proc>,
     pub logs: PathBuf,
+    /// Hosts on the underlay that are no node (`add_external`), by name.
+    pub externals: BTreeMap<String, External>,
 }
 
 impl Drop for Cluster {
@@ -115,6 +138,7 @@ impl Cluster {
             agents: BTreeMap::new(),
             servers: Vec::new(),
             logs,
+            externals: BTreeMap::new(),
         };
         c.write_state(&c.render_state())?;
         for n in c.spec.nodes.clone() {
@@ -129,6 +153,55 @@ impl Cluster {
         }
         c.wait_applied(Duration::from_secs(20))?;
         Ok(c)
+    }
+
+    /// Add a host on the underlay that is no node: namespace `name` (made unique), `eth0` with
+    /// `address`/24 bridged into the underlay. Removed with the cluster like every namespace.
+    /// With `--decap xdp` its transmit checksum offload is off, as the containers' in the tests
+    /// (a veth hands XDP a checksum left to offload that no NIC will fill in).
+    pub fn add_external(&mut self, name: &str, address: &str) -> Result<&External> {
+        if self.externals.contains_key(name) {
+            bail!("external host {name} exists");
+        }
+        let ns = Netns::new(&short(name))?;
+        let port = format!("x{}", self.externals.len());
+        self.underlay.sh(&format!(
+            "ip link add {port} type veth peer name eth0 netns {} && ip link set {port} master br0 && ip link set {port} up",
+            ns.name
+        ))?;
+        ns.sh(&format!("ip addr add {address}/24 dev eth0 && ip link set eth0 up"))?;
+        if self.spec.decap.as_deref() == Some("xdp") {
+            ns.sh("ethtool -K eth0 tx off >/dev/null")?;
+        }
+        self.externals.insert(name.to_string(), External { ns, address: address.to_string() });
+        Ok(&self.externals[name])
+    }
+
+    /// Attach an XDP program that passes everything to the underlay bridge's ports (the ends of
+    /// the nodes' `ul0`), so that frames a node's XDP program sends back out with `XDP_TX` are
+    /// delivered. A physical NIC transmits them; a veth delivers an `XDP_TX` frame to its peer
+    /// only when the peer runs an XDP program (the kernel's veth flushes the peer's queue only
+    /// then), else the frame waits in the peer's queue. `XDP_REDIRECT` into a veth needs NAPI on
+    /// the peer (GRO, or an XDP program) too. The program is pinned in the run's bpffs.
+    pub fn underlay_accepts_xdp_tx(&self) -> Result<()> {
+        let pin = self.run_dir.path.join("bpffs").join("rig-xdp-pass");
+        if !pin.exists() {
+            load_xdp_pass(&pin)?;
+        }
+        for i in 0..self.spec.nodes.len() {
+            self.underlay.sh(&format!("ip link set dev n{i} xdpdrv pinned {}", pin.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The external host called `name` (panics if there is none: a test's own).
+    pub fn external(&self, name: &str) -> &External {
+        self.externals.get(name).unwrap_or_else(|| panic!("no external host {name:?}"))
+    }
+
+    /// A node's underlay address.
+    pub fn address_of(&self, node: &str) -> String {
+        self.spec.nodes.iter().find(|n| n.name == node).map(|n| n.address.clone()).unwrap_or_default()
     }
 
     pub fn render_state(&self) -> String {
@@ -245,4 +318,37 @@ impl Cluster {
     pub fn counters(&self, node: &str) -> Result<Counters> {
         Counters::from_pins(&Paths::new(&self.run_dir.path, node).pins)
     }
+}
+
+/// Load `r0 = XDP_PASS; exit` and pin it at `pin` (bpf(2) directly: no object file needed).
+fn load_xdp_pass(pin: &Path) -> Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = c"GPL";
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license; the rest zero.
+    let mut attr = [0u64; 16];
+    attr[0] = BPF_PROG_TYPE_XDP as u64 | (2u64 << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // SAFETY: bpf(2) with a zeroed, sized attribute block pointing at live buffers.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        bail!("loading an XDP_PASS program: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor bpf(2) just returned, ours to close.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())?;
+    // union bpf_attr for BPF_OBJ_PIN: pathname, bpf_fd.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u64;
+    // SAFETY: as above.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 {
+        bail!("pinning the XDP_PASS program at {}: {}", pin.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod bench;
 mod cleanup;
 mod cluster;
 mod kernel_vtep;
+pub mod mesh;
 mod netns;
 pub mod packet;
 pub mod prereq;
@@ -24,7 +25,7 @@ mod spec;
 mod vip;
 
 pub use cleanup::{cleanup_all, RunDir};
-pub use cluster::{overlay_bin, tcpx_bin, Agent, Cluster, Proc};
+pub use cluster::{overlay_bin, tcpx_bin, Agent, Cluster, External, Proc};
 pub use netns::{in_netns, run, spawn_in, wait_for, Netns};
 pub use spec::{docker_mac, render_state, BackendSpec, ClusterSpec, EpSpec, NetSpec, NodeSpec, PortSpec, ServiceSpec};
 pub use vip::{Held, Tally};

@@ -172,7 +172,14 @@ impl ClusterSpec {
     }
     pub fn network(mut self, name: &str, vni: u32, subnet: &str) -> Self {
         let prefix = subnet.split('/').nth(1).and_then(|p| p.parse().ok()).unwrap_or(24);
-        self.networks.push(NetSpec { name: name.into(), vni, subnet: subnet.into(), prefix, mtu: None, ingress: false });
+        self.networks.push(NetSpec {
+            name: name.into(),
+            vni,
+            subnet: subnet.into(),
+            prefix,
+            mtu: None,
+            ingress: false,
+        });
         self
     }
     /// The ingress network (`ingress = true`), e.g. Docker's: `("ingress", 4096, "10.0.0.0/24")`.

@@ -89,15 +89,20 @@ fn routing_mesh(c: &mut Cluster) -> Result<u32> {
     );
     c.apply()?;
     c.add_external("client", CLIENT)?;
-    let servers =
-        [PeerServer::start(c.container("shop.1"), "shop.1", 80)?, PeerServer::start(c.container("shop.2"), "shop.2", 80)?];
+    let servers = [
+        PeerServer::start(c.container("shop.1"), "shop.1", 80)?,
+        PeerServer::start(c.container("shop.2"), "shop.2", 80)?,
+    ];
     let mut failed = 0;
     for node in ["node-a", "node-b", "node-c"] {
         let addr = c.address_of(node);
         match c.mesh_cps("client", node, PUBLISHED, 100) {
             Ok(t) => {
                 let show: Vec<String> = t.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                println!("  100 connections from {CLIENT} (outside) to {addr}:{PUBLISHED} ({node}): {}", show.join(", "));
+                println!(
+                    "  100 connections from {CLIENT} (outside) to {addr}:{PUBLISHED} ({node}): {}",
+                    show.join(", ")
+                );
                 if t.is_empty() {
                     failed += 1;
                 }
