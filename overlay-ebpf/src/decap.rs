@@ -20,8 +20,9 @@ use overlay_common::{
 };
 
 use crate::{
-    encap, lb, mesh,
+    encap, lb,
     maps::{config, OV_ENDPOINTS, OV_NETWORKS, OV_NODES},
+    mesh,
     parse::*,
     stats,
 };

@@ -29,7 +29,14 @@ const REPLY_TCP: usize = ETH_LEN + IPV4_LEN + ICMP_LEN + QUOTE_TCP;
 
 /// Write the reply's headers in place over `o` (the quote already sits at its end).
 #[inline(always)]
-fn write_reply<const N: usize, const M: usize>(o: &mut [u8; N], macs: &[u8; 12], from: u32, to: u32, code: u8, mtu: u16) {
+fn write_reply<const N: usize, const M: usize>(
+    o: &mut [u8; N],
+    macs: &[u8; 12],
+    from: u32,
+    to: u32,
+    code: u8,
+    mtu: u16,
+) {
     o[0..6].copy_from_slice(&macs[6..12]);
     o[6..12].copy_from_slice(&macs[0..6]);
     o[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());

@@ -693,7 +693,13 @@ fn from_backend_frame(ctx: &TcContext, vni: u32, src: u32, dst: u32, proto_plain
 }
 
 #[inline(always)]
-fn from_backend_inner(ctx: &TcContext, vni: u32, src: u32, dst: u32, proto_plain: u32) -> Result<FromBackend, DropReason> {
+fn from_backend_inner(
+    ctx: &TcContext,
+    vni: u32,
+    src: u32,
+    dst: u32,
+    proto_plain: u32,
+) -> Result<FromBackend, DropReason> {
     let proto = (proto_plain >> 1) as u8;
     if proto_plain & 1 == 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return Err(DropReason::MeshNoFlow);
