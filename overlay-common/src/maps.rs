@@ -35,8 +35,11 @@ pub const MAP_RR: &str = "OV_RR";
 pub const MAP_LB_STATS: &str = "OV_LB_STATS";
 /// Traffic and drops of each published port (`PortStats`), by the port's service id.
 pub const MAP_PORT_STATS: &str = "OV_PORT_STATS";
+/// docker_gwbridge of this node (`GwConfig`): one entry at index 0. Its ports (the host ends of
+/// the containers' gwbridge veths) are in OV_LOCAL_IFACES and OV_ENDPOINTS under `GW_VNI`.
+pub const MAP_GWBRIDGE: &str = "OV_GWBRIDGE";
 
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_NETWORKS,
@@ -52,6 +55,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_RR,
     MAP_LB_STATS,
     MAP_PORT_STATS,
+    MAP_GWBRIDGE,
 ];
 
 pub const MAX_ENDPOINTS: u32 = 131_072;
@@ -80,6 +84,8 @@ pub const MAX_PUBLISHED: u32 = 4_096;
 pub const PROG_FROM_CONTAINER: &str = "ov_from_container";
 pub const PROG_UNDERLAY_XDP: &str = "ov_underlay_xdp";
 pub const PROG_UNDERLAY_TC: &str = "ov_underlay_tc";
+/// TC ingress on the host end of a container's docker_gwbridge veth (ICC block, host-mode replies).
+pub const PROG_FROM_GWBRIDGE: &str = "ov_from_gwbridge";
 /// XDP_PASS and nothing else: the floor the benchmarks compare against (never attached).
 pub const PROG_BENCH_FLOOR: &str = "ov_bench_floor";
 /// TC_ACT_OK and nothing else: the same floor for TC programs, whose test runs also build an skb.
@@ -226,6 +232,36 @@ pub struct ServiceInfo {
 /// `ServiceInfo::flags`: the entry is a published port (key: VNI 0, address 0, the published
 /// port): traffic to the node's address on it goes through the routing mesh.
 pub const SVC_PUBLISHED: u8 = 1;
+/// `ServiceInfo::flags`: a host-mode published port reached through docker_gwbridge: its
+/// backends are the local tasks' gwbridge addresses (OV_ENDPOINTS under `GW_VNI`).
+pub const SVC_VIA_GW: u8 = 2;
+
+/// Pseudo-VNI (above VXLAN's 24 bits, so no packet ever carries it) under which the gwbridge
+/// interfaces of local containers are kept in OV_ENDPOINTS (by address) and OV_LOCAL_IFACES
+/// (by host-end ifindex).
+pub const GW_VNI: u32 = 1 << 24;
+
+/// This node's docker_gwbridge as its programs need it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct GwConfig {
+    /// The bridge's subnet and mask (network order).
+    pub subnet: u32,
+    pub mask: u32,
+    /// The bridge's own address (network order): containers' default gateway.
+    pub gateway: u32,
+    /// The bridge's MAC: the only unicast destination a container may use when ICC is off.
+    pub bridge_mac: [u8; 6],
+    /// `GW_ICC`, or 0.
+    pub flags: u16,
+}
+
+/// `GwConfig::flags`: inter-container communication over the bridge is allowed (`icc = true`).
+pub const GW_ICC: u16 = 1;
+/// `GwConfig::flags`: a host-mode published port is served through the gwbridge here, so what
+/// containers send outside may be its replies (looked up in conntrack; otherwise not).
+pub const GW_HOST_PORTS: u16 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -343,6 +379,7 @@ const _: () = {
     assert!(size_of::<CtEntry>() == 40 && offset_of!(CtEntry, last_seen) == 16);
     assert!(offset_of!(CtEntry, nat_port) == 12 && offset_of!(CtEntry, peer) == 24 && offset_of!(CtEntry, macs) == 28);
     assert!(size_of::<LbStats>() == 40);
+    assert!(size_of::<GwConfig>() == 20 && offset_of!(GwConfig, bridge_mac) == 12 && offset_of!(GwConfig, flags) == 18);
 };
 
 #[cfg(feature = "user")]
@@ -363,4 +400,5 @@ mod pod {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for LbStats {}
     unsafe impl aya::Pod for PortStats {}
+    unsafe impl aya::Pod for GwConfig {}
 }

@@ -109,6 +109,10 @@ counters! {
         MeshNoFlow = 32, "mesh-no-flow";
         /// Routing mesh in XDP: no next hop towards the backend's node is cached or resolvable.
         NoNextHop = 33, "no-next-hop";
+        /// docker_gwbridge with `icc = false`: a container sent to another container over the
+        /// bridge (an address of the bridge's subnet other than the gateway, a MAC other than
+        /// the bridge's, ARP for anything but the gateway).
+        IccBlocked = 34, "icc-blocked";
     }
 }
 
@@ -158,6 +162,10 @@ counters! {
         MeshReturn = 19, "mesh-return";
         /// Routing-mesh packet from another node's entry accepted for a local backend.
         MeshIn = 20, "mesh-in";
+        /// From a container's gwbridge interface, passed to the node (outside traffic, masqueraded).
+        GwOut = 21, "gw-out";
+        /// A host-mode published port's reply on the gwbridge, reverse-NATed and sent to the client.
+        GwReverse = 22, "gw-reverse";
     }
 }
 
@@ -167,8 +175,8 @@ mod tests {
 
     #[test]
     fn the_tables_are_consistent() {
-        assert_eq!(DropReason::COUNT, 34);
-        assert_eq!(DropReason::ALL.len(), 33);
+        assert_eq!(DropReason::COUNT, 35);
+        assert_eq!(DropReason::ALL.len(), 34);
         assert_eq!(FwdCounter::COUNT as usize, FwdCounter::ALL.len());
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "drop reasons are dense from 1 (0 is reserved)");

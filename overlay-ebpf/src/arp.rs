@@ -16,21 +16,21 @@ use crate::{
 
 /// Ethernet/IPv4 ARP body (RFC 826), after the Ethernet header.
 #[repr(C)]
-struct ArpBody {
-    htype: [u8; 2],
-    ptype: [u8; 2],
-    hlen: u8,
-    plen: u8,
-    op: [u8; 2],
-    sha: [u8; 6],
-    spa: [u8; 4],
-    tha: [u8; 6],
-    tpa: [u8; 4],
+pub struct ArpBody {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<ArpBody>() == ARP_LEN);
 
-const ARP_REQUEST: u16 = 1;
-const ARP_REPLY: u16 = 2;
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
 
 /// Turn the request into the reply in place and send it back out the veth it came in on.
 #[inline(always)]

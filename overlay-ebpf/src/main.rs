@@ -11,6 +11,7 @@ mod arp; // ARP answered from the maps
 mod container; // container side: what a container sends (MAC/IP checks, local delivery)
 mod decap; // underlay side: VXLAN to us, checked, to the local container
 mod encap; // MTU check, next hop, outer headers
+mod gwbridge; // docker_gwbridge side: what a container sends there (ICC block, host-mode replies)
 mod hdr; // header builders shared by encap and icmp
 mod icmp; // "destination unreachable" back to the sender
 mod lb; // service VIPs: conntrack, schedulers, DNAT and reverse NAT
@@ -29,6 +30,18 @@ use aya_ebpf::{
 #[classifier]
 pub fn ov_from_container(ctx: TcContext) -> i32 {
     match container::from_container(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// TC ingress on the host end of a container's docker_gwbridge veth.
+#[classifier]
+pub fn ov_from_gwbridge(ctx: TcContext) -> i32 {
+    match gwbridge::from_gwbridge(&ctx) {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);

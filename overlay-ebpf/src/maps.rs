@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LbStats, LocalIface, MaglevPair,
+        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, GwConfig, LbStats, LocalIface, MaglevPair,
         NetworkInfo, NextHop, NodeInfo, PortStats, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS,
         MAX_LOCAL_IFACES, MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_PUBLISHED, MAX_SERVICES,
     },
@@ -80,6 +80,10 @@ pub static OV_LB_STATS: Array<LbStats> = Array::with_max_entries(MAX_BACKENDS, 0
 #[map(name = "OV_PORT_STATS")]
 pub static OV_PORT_STATS: HashMap<u32, PortStats> = HashMap::with_max_entries(MAX_PUBLISHED, BPF_F_NO_PREALLOC);
 
+/// docker_gwbridge of this node (index 0): subnet, gateway, bridge MAC, ICC.
+#[map(name = "OV_GWBRIDGE")]
+pub static OV_GWBRIDGE: Array<GwConfig> = Array::with_max_entries(1, 0);
+
 /// Per-CPU scratch of the routing mesh's entry stages (mesh.rs). Holds nothing between
 /// packets: not pinned.
 #[map(name = "OV_MESH_SCRATCH")]
@@ -116,7 +120,8 @@ const _: () = {
     assert!(same("OV_RR", abi::MAP_RR));
     assert!(same("OV_LB_STATS", abi::MAP_LB_STATS));
     assert!(same("OV_PORT_STATS", abi::MAP_PORT_STATS));
-    assert!(abi::ALL_MAPS.len() == 15, "a map was added: check its name here");
+    assert!(same("OV_GWBRIDGE", abi::MAP_GWBRIDGE));
+    assert!(abi::ALL_MAPS.len() == 16, "a map was added: check its name here");
 };
 
 #[inline(always)]

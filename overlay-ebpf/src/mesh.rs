@@ -23,7 +23,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use overlay_common::{
     maps::{
         Config, CtEntry, CtKey, EndpointInfo, EndpointKey, LocalIface, ServiceInfo, ServiceKey, CT_CLOSING, CT_MESH,
-        CT_REPLY, EP_LOCAL, SCHED_MAGLEV, SCHED_SH,
+        CT_REPLY, EP_LOCAL, GW_VNI, SCHED_MAGLEV, SCHED_SH, SVC_VIA_GW,
     },
     stats::{DropReason, FwdCounter},
     vxlan::{default_mac, flow_hash, src_port, ENCAP_OVERHEAD},
@@ -34,8 +34,8 @@ use crate::{
     hdr, icmp,
     lb::{self, csum_replace2, csum_replace4, L4, REFRESH_NS, TCP_FIN, TCP_LEN, TCP_RST, TCP_SYN},
     maps::{
-        config, OV_BACKENDS, OV_CT, OV_ENDPOINTS, OV_MAGLEV, OV_MESH_SCRATCH, OV_NETWORKS, OV_NEXTHOPS, OV_PORT_STATS,
-        OV_RR,
+        config, OV_BACKENDS, OV_CT, OV_ENDPOINTS, OV_GWBRIDGE, OV_MAGLEV, OV_MESH_SCRATCH, OV_NETWORKS, OV_NEXTHOPS,
+        OV_PORT_STATS, OV_RR,
     },
     parse::*,
     stats,
@@ -164,7 +164,8 @@ pub fn published(
 /// written). `macs` is the Ethernet header a reply to the client needs.
 #[inline(always)]
 fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropReason> {
-    let ingress = config().ok_or(DropReason::NoConfig)?.ingress_vni;
+    // Host-mode ports through docker_gwbridge: the tasks' gwbridge interfaces, not the ingress network.
+    let vni = if svc.flags & SVC_VIA_GW != 0 { GW_VNI } else { config().ok_or(DropReason::NoConfig)?.ingress_vni };
     let key = CtKey { src: h.src, dst: h.dst, sport: h.ports[0], dport: h.ports[1], proto: h.proto, _pad: [0; 3] };
     let t = lb::now();
     if let Some(ct) = OV_CT.get_ptr_mut(&key) {
@@ -172,7 +173,7 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
         let ct = unsafe { &mut *ct };
         let backend = ct.backend;
         let alive = matches!(unsafe { OV_BACKENDS.get(&backend) }, Some(b) if b.ip == ct.nat_ip);
-        let ep = unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: ingress, ip: ct.nat_ip }) };
+        let ep = unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip: ct.nat_ip }) };
         if let (true, true, Some(ep)) = (ct.flags & CT_MESH != 0, alive, ep) {
             if h.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 ct.flags |= CT_CLOSING;
@@ -214,7 +215,7 @@ fn pick_inner(h: &Hdr, svc: &ServiceInfo, macs: &[u8; 12]) -> Result<Pick, DropR
     let at = svc.offset.wrapping_add(slot);
     let backend = OV_MAGLEV.get(at >> 1).ok_or(DropReason::NoBackend)?[(at & 1) as usize];
     let ip = unsafe { OV_BACKENDS.get(&backend) }.ok_or(DropReason::NoBackend)?.ip;
-    let ep = unsafe { OV_ENDPOINTS.get(&EndpointKey { vni: ingress, ip }) }.ok_or(DropReason::BackendGone)?;
+    let ep = unsafe { OV_ENDPOINTS.get(&EndpointKey { vni, ip }) }.ok_or(DropReason::BackendGone)?;
     let closing = if h.tcp_flags & (TCP_FIN | TCP_RST) != 0 { CT_CLOSING } else { 0 };
     // One key and one entry, rewritten for the reply direction: the stack is short.
     let mut k = key;
@@ -282,6 +283,16 @@ fn eth_pair(dst: &[u8; 6], src: &[u8; 6]) -> [u8; 12] {
     m[0..6].copy_from_slice(dst);
     m[6..12].copy_from_slice(src);
     m
+}
+
+/// The source MAC of frames delivered to a task: the gateway's of the network they arrive on
+/// (the ingress network's, or docker_gwbridge's for host-mode ports through it).
+#[inline(always)]
+fn delivery_mac(cfg: &Config, svc: &ServiceInfo) -> Result<[u8; 6], DropReason> {
+    if svc.flags & SVC_VIA_GW != 0 {
+        return Ok(OV_GWBRIDGE.get(0).ok_or(DropReason::NoConfig)?.bridge_mac);
+    }
+    Ok(ingress_net(cfg)?.1)
 }
 
 /// The largest packet the mesh carries (the ingress network's MTU, and what fits the underlay
@@ -455,7 +466,7 @@ pub fn pick_stage() -> i64 {
 pub fn forward_xdp(ctx: &XdpContext) -> i64 {
     let (Some(cfg), Some(sc)) = (config(), scratch()) else { return DROPPED };
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let (_, gw_mac) = match ingress_net(cfg) {
+    let gw_mac = match delivery_mac(cfg, &sc.svc) {
         Ok(x) => x,
         Err(r) => return dropped(sc, r),
     };
@@ -482,7 +493,7 @@ pub fn forward_xdp(ctx: &XdpContext) -> i64 {
 #[inline(never)]
 pub fn forward_tc(ctx: &TcContext) -> i64 {
     let (Some(cfg), Some(sc)) = (config(), scratch()) else { return DROPPED };
-    let (_, gw_mac) = match ingress_net(cfg) {
+    let gw_mac = match delivery_mac(cfg, &sc.svc) {
         Ok(x) => x,
         Err(r) => return dropped(sc, r),
     };
@@ -742,6 +753,38 @@ fn reply_entry(pkt: &Packet, key: &CtKey) -> Result<CtEntry, DropReason> {
         }
     }
     Ok(*ct)
+}
+
+/// A packet from a container's gwbridge address to an outside address (TCP or UDP, no options,
+/// not a fragment): the reply of a host-mode published port's flow is reverse-NATed and sent to
+/// the client (an action); anything else is not ours (`NOT_OURS`: the node routes and
+/// masquerades it). Negative otherwise: `-(reason)`. Out of line, as `from_backend_frame`.
+#[inline(never)]
+pub fn gw_reply_frame(ctx: &TcContext, src: u32, dst: u32, proto: u32) -> i64 {
+    match gw_reply(ctx, src, dst, proto as u8) {
+        Ok(Some(a)) => a as i64,
+        Ok(None) => NOT_OURS,
+        Err(r) => -(r as i64),
+    }
+}
+
+#[inline(always)]
+fn gw_reply(ctx: &TcContext, src: u32, dst: u32, proto: u8) -> Result<Option<i32>, DropReason> {
+    let cfg = *config().ok_or(DropReason::NoConfig)?;
+    ensure_linear(ctx, NEED_LINEAR)?;
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let ports: [u16; 2] = lb::read(&pkt, L4)?;
+    let key = CtKey { src, dst, sport: ports[0], dport: ports[1], proto, _pad: [0; 3] };
+    if unsafe { OV_CT.get(&key) }.is_none() {
+        return Ok(None);
+    }
+    let ct = reply_entry(&pkt, &key)?;
+    if ct.peer != cfg.node_ip {
+        return Err(DropReason::MeshNoFlow);
+    }
+    reverse_tc(ctx, &ct, src, ports[0])?;
+    stats::fwd(FwdCounter::GwReverse);
+    Ok(Some(unsafe { bpf_redirect(cfg.underlay_ifindex, 0) } as i32))
 }
 
 // ---- Back at the entry node ---------------------------------------------------------------

@@ -4,11 +4,13 @@
 //! - `agent`: the pipeline and its loop: a state source, reconcile, the applied record; `down`.
 //! - `datapath`: what the maps should hold (`contents`), loading, pins, attachments, counters.
 //! - `plumb`, `netlink`, `netns`: the veth of each local endpoint, through one netlink owner.
+//! - `gwbridge`: docker_gwbridge: the bridge, each container's interface on it, nftables masquerade.
 //! - `fsutil`: files written atomically.
 
 pub mod agent;
 pub mod datapath;
 pub mod fsutil;
+pub mod gwbridge;
 pub mod netlink;
 pub mod netns;
 pub mod plumb;

@@ -36,6 +36,9 @@ pub struct Link {
     pub mac: Vec<u8>,
     pub up: bool,
     pub is_veth: bool,
+    pub is_bridge: bool,
+    /// ifindex of the bridge (or other controller) it is a port of.
+    pub master: Option<u32>,
 }
 
 impl From<&LinkMessage> for Link {
@@ -47,6 +50,8 @@ impl From<&LinkMessage> for Link {
             mac: Vec::new(),
             up: m.header.flags.contains(&LinkFlag::Up),
             is_veth: false,
+            is_bridge: false,
+            master: None,
         };
         for a in &m.attributes {
             match a {
@@ -54,8 +59,10 @@ impl From<&LinkMessage> for Link {
                 LinkAttribute::Mtu(n) => l.mtu = *n,
                 LinkAttribute::Address(a) => l.mac = a.clone(),
                 LinkAttribute::LinkInfo(infos) => {
-                    l.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))
+                    l.is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                    l.is_bridge = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
                 }
+                LinkAttribute::Controller(m) => l.master = Some(*m),
                 _ => {}
             }
         }
@@ -128,6 +135,38 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("creating veth {name}"))
+    }
+
+    /// A bridge with a fixed MAC: a bridge left to choose takes its lowest port's MAC, which
+    /// changes as containers come and go (and the datapath matches on it).
+    pub async fn create_bridge(&self, name: &str, mac: &[u8; 6]) -> Result<()> {
+        let req = self.handle.link().add().bridge(name.to_string()).address(mac.to_vec());
+        req.execute().await.with_context(|| format!("creating bridge {name}"))
+    }
+
+    /// Make link `index` a port of bridge `bridge`.
+    pub async fn set_master(&self, index: u32, bridge: u32) -> Result<()> {
+        let r = self.handle.link().set(index).controller(bridge).execute().await;
+        r.with_context(|| format!("adding link {index} to bridge {bridge}"))
+    }
+
+    /// Add `ip/prefix` to the link unless it has it; other addresses stay.
+    pub async fn ensure_ipv4(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        if self.ipv4_addresses(index).await?.contains(&(ip, prefix)) {
+            return Ok(());
+        }
+        match self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {ip}/{prefix}")),
+        }
+    }
+
+    /// The main table's default route: via `gateway` on link `index`. Idempotent (replaces
+    /// another default route).
+    pub async fn default_route(&self, gateway: Ipv4Addr, index: u32) -> Result<()> {
+        let req = self.handle.route().add().v4().gateway(gateway).output_interface(index);
+        req.replace().execute().await.with_context(|| format!("setting the default route via {gateway}"))
     }
 
     /// Move a link of this namespace into the namespace at `netns`.

@@ -4,7 +4,10 @@
 //! The host end is left down: the agent attaches the program first, then calls `activate`, so no
 //! container packet ever reaches the node unfiltered.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -54,7 +57,7 @@ pub struct Plumbed {
     pub host_ifindex: u32,
 }
 
-fn name_hash(name: &str) -> u32 {
+pub(crate) fn name_hash(name: &str) -> u32 {
     // FNV-1a: stable across runs and versions (the name must be found again after a restart).
     name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
@@ -82,7 +85,7 @@ pub async fn plumb(node: &Netlink, spec: &VethSpec) -> Result<Plumbed> {
     let sandbox = Netlink::connect_in(&spec.netns)?;
     let healthy = node.link(&spec.host).await?.is_some() && sandbox.link(&spec.ifname).await?.is_some();
     if !healthy {
-        create_pair(node, &sandbox, spec).await?;
+        create_pair(node, &sandbox, &spec.host, &peer_tmp_name(&spec.host), &spec.netns, &spec.ifname).await?;
     }
     configure_sandbox_end(&sandbox, spec).await?;
     let host = configure_host_end(node, spec).await?;
@@ -94,24 +97,30 @@ pub async fn activate(node: &Netlink, p: &Plumbed) -> Result<()> {
     node.set_up(p.host_ifindex).await
 }
 
-/// A fresh pair: any half of an old one goes first, then the peer moves into the sandbox under
-/// the endpoint's interface name.
-async fn create_pair(node: &Netlink, sandbox: &Netlink, spec: &VethSpec) -> Result<()> {
-    let tmp = peer_tmp_name(&spec.host);
-    node.delete_link_named(&spec.host).await?;
-    node.delete_link_named(&tmp).await?;
-    if sandbox.link(&spec.ifname).await?.is_some() {
-        bail!("{} already has an interface named {} that the agent did not create", spec.netns.display(), spec.ifname);
+/// A fresh pair `host` / `tmp`: any half of an old one goes first, then the peer moves into the
+/// sandbox `netns` under the name `ifname`. The host end is left down.
+pub(crate) async fn create_pair(
+    node: &Netlink,
+    sandbox: &Netlink,
+    host: &str,
+    tmp: &str,
+    netns: &Path,
+    ifname: &str,
+) -> Result<()> {
+    node.delete_link_named(host).await?;
+    node.delete_link_named(tmp).await?;
+    if sandbox.link(ifname).await?.is_some() {
+        bail!("{} already has an interface named {ifname} that the agent did not create", netns.display());
     }
-    node.create_veth(&spec.host, &tmp).await?;
+    node.create_veth(host, tmp).await?;
     // The host end must not carry traffic before the program is attached.
-    let host = node.link(&spec.host).await?.ok_or_else(|| anyhow!("veth {} vanished", spec.host))?;
-    node.set_down(host.index).await?;
-    enable_gro(&tmp)?;
-    let peer = node.link(&tmp).await?.ok_or_else(|| anyhow!("veth peer {tmp} vanished"))?;
-    node.move_to_netns(peer.index, &spec.netns).await?;
-    let moved = sandbox.link(&tmp).await?.ok_or_else(|| anyhow!("{tmp} did not arrive in the sandbox"))?;
-    sandbox.rename(moved.index, &spec.ifname).await
+    let link = node.link(host).await?.ok_or_else(|| anyhow!("veth {host} vanished"))?;
+    node.set_down(link.index).await?;
+    enable_gro(tmp)?;
+    let peer = node.link(tmp).await?.ok_or_else(|| anyhow!("veth peer {tmp} vanished"))?;
+    node.move_to_netns(peer.index, netns).await?;
+    let moved = sandbox.link(tmp).await?.ok_or_else(|| anyhow!("{tmp} did not arrive in the sandbox"))?;
+    sandbox.rename(moved.index, ifname).await
 }
 
 /// Container end: MAC, MTU, the one address, up; only what differs is changed.

@@ -1,11 +1,12 @@
 //! What each command needs from Debian, in one place. Every command installs its own list, so
 //! the README's first command works on a fresh host with nothing but Rust.
 
-/// `cargo xtask demo`: namespaces and links (ip), the connectivity matrix (ping).
-pub const DEMO: &[&str] = &["iproute2", "iputils-ping"];
+/// `cargo xtask demo`: namespaces and links (ip), the connectivity matrix (ping), nft (the
+/// agent masquerades docker_gwbridge traffic with it).
+pub const DEMO: &[&str] = &["iproute2", "iputils-ping", "nftables"];
 /// `cargo xtask test`: the demo's tools, ethtool (checksum offload in the XDP tests) and procps
-/// (sysctl in the BPF test bed).
-pub const TEST: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps"];
+/// (sysctl in the BPF test bed), nft (the agent's gwbridge masquerade).
+pub const TEST: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "nftables"];
 /// `cargo xtask bench`: the test tools, iperf3 (throughput and packet rate) and nftables (the
 /// kernel's balancing beside our VIPs).
 pub const BENCH: &[&str] = &["iproute2", "iputils-ping", "ethtool", "procps", "iperf3", "nftables"];

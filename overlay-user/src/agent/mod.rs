@@ -6,6 +6,7 @@
 //! maps and links; the next start adopts them and applies only the difference.
 
 mod down;
+mod gw;
 mod lock;
 mod record;
 mod run;
@@ -32,7 +33,7 @@ use crate::{
     datapath::{check_bpffs, desired_contents, network_mtu, resolve_nexthops, Contents, Datapath, DecapMode},
     netlink::{find_underlay, Netlink, Underlay},
     plumb::{self, host_veth_name, Plumbed, VethSpec},
-    state::{ClusterState, Endpoint},
+    state::{ClusterState, Endpoint, PublishMode},
 };
 
 pub struct Agent {
@@ -133,8 +134,14 @@ impl Agent {
             }
         }
 
+        // 1b. docker_gwbridge: a port for each sandbox plumbed above.
+        let sandboxes: std::collections::BTreeSet<std::path::PathBuf> =
+            plumbed.keys().filter_map(|n| state.endpoints.get(n)?.netns.clone()).collect();
+        self.reconcile_gw(state, &sandboxes, &mut report).await?;
+
         // 2. Maps: the whole cluster as this node sees it, and the next hop to each other node.
-        let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed, &self.current)?;
+        let gw = self.record.gw_bridge.as_ref().filter(|_| state.gwbridge.is_some()).map(|b| (b, &self.record.gw_ports));
+        let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed, gw, &self.current)?;
         desired.nexthops = self.nexthops(&desired).await?;
         report.map_writes = self.dp.apply(&self.current, &desired)?;
         self.current = desired;
@@ -159,7 +166,8 @@ impl Agent {
                 }
             }
         }
-        let keep: HashSet<u32> = self.record.endpoints.values().map(|r| r.plumbed.host_ifindex).collect();
+        let mut keep: HashSet<u32> = self.record.endpoints.values().map(|r| r.plumbed.host_ifindex).collect();
+        keep.extend(self.record.gw_ports.values().map(|p| p.host_ifindex));
         self.dp.prune_container_links(&keep)?;
 
         // Retries and repair passes that change nothing leave the record (and its readers) alone.
@@ -293,11 +301,14 @@ fn decap_mode(choice: Option<DecapMode>, underlay: &Underlay) -> DecapMode {
 
 /// (IP protocol, target port) of every published port an endpoint serves, sorted.
 fn mesh_ports(state: &ClusterState, endpoint: &str) -> Vec<(u8, u16)> {
+    let via_gw = state.gwbridge.is_some();
     let mut out: Vec<(u8, u16)> = state
         .services
         .values()
         .filter(|s| s.backends.iter().any(|b| b.endpoint == endpoint))
-        .flat_map(|s| s.ports.iter().filter(|p| p.published.is_some()).map(|p| (p.protocol.number(), p.target)))
+        // Host-mode ports through docker_gwbridge reply from the gwbridge address, by the main table.
+        .flat_map(|s| s.ports.iter().filter(|p| p.published.is_some() && !(via_gw && p.publish_mode == PublishMode::Host)))
+        .map(|p| (p.protocol.number(), p.target))
         .collect();
     out.sort_unstable();
     out.dedup();

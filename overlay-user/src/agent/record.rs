@@ -49,6 +49,14 @@ pub struct Record {
     /// The balanced services as applied, with names (the maps hold only ids), for the CLI.
     #[serde(default)]
     pub services: Vec<ServiceView>,
+    /// docker_gwbridge: the bridge, each sandbox's port on it (addresses stay with their
+    /// sandbox across restarts), and the nftables rules applied.
+    #[serde(default)]
+    pub gw_bridge: Option<crate::gwbridge::Bridge>,
+    #[serde(default)]
+    pub gw_ports: BTreeMap<PathBuf, crate::gwbridge::Port>,
+    #[serde(default)]
+    pub gw_rules: String,
     pub generation: u64,
 }
 

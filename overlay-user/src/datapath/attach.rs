@@ -1,5 +1,5 @@
 //! Attachments: decapsulation on the underlay (XDP or TC), the container-side program on each
-//! host-side veth. Each is held by a pinned link; on restart the program inside the link is
+//! host-side veth, the gwbridge program on each container's gwbridge port. Each is held by a pinned link; on restart the program inside the link is
 //! replaced atomically, so forwarding never stops.
 
 use std::{
@@ -120,12 +120,19 @@ impl Datapath {
         self.attach_tc(PROG_FROM_CONTAINER, ifname, pin)
     }
 
-    /// Forget container attachments other than `keep` (their veths are gone or going).
+    /// Attach the gwbridge program to the host end of a container's gwbridge interface.
+    pub fn attach_gwport(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin = self.link_pin(&format!("gw-{ifindex}"));
+        self.attach_tc(PROG_FROM_GWBRIDGE, ifname, pin)
+    }
+
+    /// Forget container and gwbridge attachments other than `keep` (their veths are gone or going).
     pub fn prune_container_links(&self, keep: &HashSet<u32>) -> Result<()> {
         let Some(dir) = self.pin_dir.as_ref().map(|d| d.join("links")) else { return Ok(()) };
         for e in std::fs::read_dir(&dir)? {
             let name = e?.file_name().to_string_lossy().to_string();
-            if let Some(idx) = name.strip_prefix("container-").and_then(|s| s.parse::<u32>().ok()) {
+            let idx = name.strip_prefix("container-").or_else(|| name.strip_prefix("gw-"));
+            if let Some(idx) = idx.and_then(|s| s.parse::<u32>().ok()) {
                 if !keep.contains(&idx) {
                     remove_pin(&dir.join(&name))?;
                 }

@@ -5,12 +5,18 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{anyhow, Result};
 use overlay_common::{
-    maps::{Config, EndpointInfo, EndpointKey, LocalIface, NetworkInfo, NodeInfo, EP_GATEWAY, EP_LOCAL, NET_INGRESS},
+    maps::{
+        Config, EndpointInfo, EndpointKey, GwConfig, LocalIface, NetworkInfo, NodeInfo, EP_GATEWAY, EP_LOCAL, GW_ICC,
+        GW_VNI, NET_INGRESS,
+    },
     vxlan::{default_mac, ENCAP_OVERHEAD},
 };
 
 use super::Contents;
-use crate::{netlink::Underlay, plumb::Plumbed, state};
+use crate::{gwbridge, netlink::Underlay, plumb::Plumbed, state};
+
+/// The node's docker_gwbridge as plumbed: the bridge and each local sandbox's port on it.
+pub type GwPlumbed<'a> = (&'a gwbridge::Bridge, &'a std::collections::BTreeMap<std::path::PathBuf, gwbridge::Port>);
 
 /// Addresses in the maps are in network order, as the datapath reads them from packets.
 fn ip_key(ip: Ipv4Addr) -> u32 {
@@ -29,6 +35,7 @@ pub fn desired_contents(
     node: &str,
     underlay: &Underlay,
     plumbed: &BTreeMap<String, Plumbed>,
+    gw: Option<GwPlumbed<'_>>,
     current: &Contents,
 ) -> Result<Contents> {
     let me = state.node(node).ok_or_else(|| anyhow!("node {node} is not in the state"))?;
@@ -70,6 +77,23 @@ pub fn desired_contents(
             EndpointInfo { mac: ep.mac, flags: 0, ifindex: 0, vtep: ip_key(vtep) }
         };
         c.endpoints.insert(key, info);
+    }
+    if let (Some(g), Some((bridge, ports))) = (&state.gwbridge, gw) {
+        let mask = if g.subnet.prefix == 0 { 0 } else { u32::MAX << (32 - g.subnet.prefix) };
+        c.gw = GwConfig {
+            subnet: ip_key(g.subnet.addr),
+            mask: u32::from_ne_bytes(mask.to_be_bytes()),
+            gateway: ip_key(g.gateway),
+            bridge_mac: bridge.mac,
+            flags: if g.icc { GW_ICC } else { 0 },
+        };
+        // Kept apart from every overlay network by the pseudo-VNI.
+        for p in ports.values() {
+            c.local_ifaces.insert(p.host_ifindex, LocalIface { vni: GW_VNI, ip: ip_key(p.ip), mac: p.mac, flags: 0 });
+            let info = EndpointInfo { mac: p.mac, flags: EP_LOCAL, ifindex: p.host_ifindex, vtep: 0 };
+            c.endpoints.insert(EndpointKey { vni: GW_VNI, ip: ip_key(p.ip) }, info);
+        }
+        c.gw_ports = ports.clone();
     }
     super::services::add_services(state, &mut c, current)?;
     Ok(c)
@@ -133,7 +157,7 @@ netns = "/run/netns/d1"
     #[test]
     fn one_node_sees_local_veths_and_remote_vteps() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21), ("db.1", 22)]), &Contents::default())
+        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21), ("db.1", 22)]), None, &Contents::default())
             .unwrap();
         assert_eq!(c.config.node_ip, u32::from_ne_bytes([192, 168, 50, 11]));
         assert_eq!((c.config.underlay_ifindex, c.config.underlay_mtu, c.config.vxlan_port), (7, 1500, 4790));
@@ -154,7 +178,7 @@ netns = "/run/netns/d1"
     #[test]
     fn the_other_node_sees_the_mirror_image() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "b", &underlay(), &plumbed(&[("web.2", 5)]), &Contents::default()).unwrap();
+        let c = desired_contents(&s, "b", &underlay(), &plumbed(&[("web.2", 5)]), None, &Contents::default()).unwrap();
         assert_eq!(c.endpoints[&key(4097, [10, 0, 9, 3])].vtep, u32::from_ne_bytes([192, 168, 50, 11]));
         assert_eq!(c.endpoints[&key(4097, [10, 0, 9, 4])].flags, EP_LOCAL);
         assert_eq!(c.local_ifaces.len(), 1);
@@ -163,9 +187,9 @@ netns = "/run/netns/d1"
     #[test]
     fn unplumbed_local_endpoints_stay_out_of_the_maps() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21)]), &Contents::default()).unwrap();
+        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21)]), None, &Contents::default()).unwrap();
         assert!(!c.endpoints.contains_key(&key(4098, [10, 0, 10, 3])));
         assert_eq!(c.local_ifaces.len(), 1);
-        assert!(desired_contents(&s, "nope", &underlay(), &plumbed(&[]), &Contents::default()).is_err());
+        assert!(desired_contents(&s, "nope", &underlay(), &plumbed(&[]), None, &Contents::default()).is_err());
     }
 }

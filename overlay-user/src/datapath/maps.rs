@@ -34,6 +34,11 @@ pub struct Contents {
     pub tables: FxHashMap<u32, Table>,
     /// The services with names, for the CLI (not in the maps).
     pub views: Vec<ServiceView>,
+    /// docker_gwbridge (OV_GWBRIDGE); zero without one.
+    pub gw: GwConfig,
+    /// The gwbridge interfaces of local sandboxes, by sandbox (in the maps as OV_LOCAL_IFACES
+    /// and OV_ENDPOINTS entries under `GW_VNI`; here for host-mode ports to find their task's).
+    pub gw_ports: std::collections::BTreeMap<std::path::PathBuf, crate::gwbridge::Port>,
 }
 
 impl Datapath {
@@ -51,7 +56,10 @@ impl Datapath {
         let nexthops = read_hash::<u32, NextHop>(self.map_mut(MAP_NEXTHOPS)?)?;
         let services = read_hash::<ServiceKey, ServiceInfo>(self.map_mut(MAP_SERVICES)?)?;
         let backends = read_hash::<u32, BackendInfo>(self.map_mut(MAP_BACKENDS)?)?;
+        let gw = Array::<_, GwConfig>::try_from(self.map_mut(MAP_GWBRIDGE)?)?.get(&0, 0)?;
         Ok(Contents {
+            gw,
+            gw_ports: Default::default(),
             config,
             networks,
             endpoints,
@@ -72,6 +80,10 @@ impl Datapath {
         let mut writes = 0;
         if current.config != desired.config {
             Array::<_, Config>::try_from(self.map_mut(MAP_CONFIG)?)?.set(0, desired.config, 0)?;
+            writes += 1;
+        }
+        if current.gw != desired.gw {
+            Array::<_, GwConfig>::try_from(self.map_mut(MAP_GWBRIDGE)?)?.set(0, desired.gw, 0)?;
             writes += 1;
         }
         // Nodes before endpoints: an endpoint of a new node is never seen before its node is.

@@ -74,7 +74,7 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the kernel programs")?;
-        for name in [PROG_FROM_CONTAINER, PROG_UNDERLAY_TC] {
+        for name in [PROG_FROM_CONTAINER, PROG_FROM_GWBRIDGE, PROG_UNDERLAY_TC] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context("program missing")?.try_into()?;
             p.load().with_context(|| format!("verifying {name}"))?;
         }

@@ -35,7 +35,7 @@ struct Layout {
     max: u32,
 }
 
-fn layouts() -> [Layout; 15] {
+fn layouts() -> [Layout; 16] {
     use std::mem::size_of;
     [
         Layout { name: MAP_CONFIG, kind: MapType::Array, key: 4, value: size_of::<Config>() as u32, max: 1 },
@@ -101,6 +101,7 @@ fn layouts() -> [Layout; 15] {
             value: size_of::<PortStats>() as u32,
             max: MAX_PUBLISHED,
         },
+        Layout { name: MAP_GWBRIDGE, kind: MapType::Array, key: 4, value: size_of::<GwConfig>() as u32, max: 1 },
     ]
 }
 

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use overlay_common::{
     maps::{
         BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_LOCAL, EP_VIP, MAX_BACKENDS,
-        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PUBLISHED,
+        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PUBLISHED, SVC_VIA_GW, GW_HOST_PORTS,
     },
     vxlan::default_mac,
 };
@@ -302,6 +302,8 @@ fn add_published(
         for p in svc.ports.iter().filter(|p| p.published.is_some()) {
             let published = p.published.unwrap_or_default();
             let host = p.publish_mode == PublishMode::Host;
+            // Docker reaches a host-mode port's task on its docker_gwbridge address when there is one.
+            let via_gw = host && state.gwbridge.is_some();
             let mut members = Vec::new();
             let mut listed = 0;
             for b in &svc.backends {
@@ -311,17 +313,24 @@ fn add_published(
                 if host && info.flags & EP_LOCAL == 0 {
                     continue;
                 }
+                let ip = if via_gw {
+                    // The task's sandbox has no gwbridge port yet: it cannot be reached yet.
+                    let Some(port) = ep.netns.as_ref().and_then(|ns| c.gw_ports.get(ns)) else { continue };
+                    ip_key(port.ip)
+                } else {
+                    info.flags |= EP_BACKEND;
+                    if let Some(i) = c.local_ifaces.get_mut(&info.ifindex).filter(|_| info.ifindex != 0) {
+                        i.flags |= EP_BACKEND;
+                    }
+                    key.ip
+                };
                 listed += 1;
-                info.flags |= EP_BACKEND;
-                if let Some(i) = c.local_ifaces.get_mut(&info.ifindex).filter(|_| info.ifindex != 0) {
-                    i.flags |= EP_BACKEND;
-                }
-                let id = match a.backend_ids.get(&key.ip).or(given.get(&key.ip)) {
+                let id = match a.backend_ids.get(&ip).or(given.get(&ip)) {
                     Some(id) => *id,
                     None => a.bids.take("backend")?,
                 };
-                given.insert(key.ip, id);
-                c.backends.insert(id, BackendInfo { ip: key.ip, weight: b.weight });
+                given.insert(ip, id);
+                c.backends.insert(id, BackendInfo { ip, weight: b.weight });
                 members.push((ep, b.weight, id));
             }
             let named: Vec<(&str, u32)> = members.iter().map(|(ep, w, _)| (ep.name.as_str(), *w)).collect();
@@ -349,9 +358,12 @@ fn add_published(
                 offset,
                 size,
                 scheduler: sched(svc.scheduler),
-                flags: SVC_PUBLISHED,
+                flags: SVC_PUBLISHED | if via_gw { SVC_VIA_GW } else { 0 },
                 target: p.target.to_be(),
             };
+            if via_gw {
+                c.gw.flags |= GW_HOST_PORTS;
+            }
             c.services.insert(key, info);
             let slots = |id: u32| entries.iter().filter(|e| **e == id).count() as u32;
             c.views.push(ServiceView {

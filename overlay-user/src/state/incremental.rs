@@ -25,7 +25,7 @@ pub struct IncrementalParser {
 
 // A line inside a value (a multi-line array of inline tables) is never exactly one of these:
 // a header is not a TOML value. Sub-tables (`[[services.backends]]`) stay in their service's block.
-const HEADERS: [&str; 5] = ["[cluster]", "[[nodes]]", "[[networks]]", "[[endpoints]]", "[[services]]"];
+const HEADERS: [&str; 6] = ["[cluster]", "[gwbridge]", "[[nodes]]", "[[networks]]", "[[endpoints]]", "[[services]]"];
 
 fn is_header(line: &str) -> bool {
     if !line.trim_start().starts_with('[') {
@@ -76,7 +76,7 @@ impl IncrementalParser {
             blocks.push(&text[start..offset]);
         }
         let mut out = Vec::with_capacity(blocks.len());
-        let mut clusters = 0;
+        let (mut clusters, mut gwbridges) = (0, 0);
         for (i, b) in blocks.iter().enumerate() {
             if i == 0 && !is_header(b.lines().next().unwrap_or("")) {
                 // Only blank lines and comments may precede the first table.
@@ -90,10 +90,11 @@ impl IncrementalParser {
                 None => (b.to_string(), toml::from_str::<RawState>(b).ok()?),
             };
             clusters += entry.1.cluster.is_some() as usize;
+            gwbridges += entry.1.gwbridge.is_some() as usize;
             out.push(entry);
         }
-        // TOML forbids a second [cluster] table: let the full parser say so.
-        if clusters > 1 {
+        // TOML forbids a second [cluster] or [gwbridge] table: let the full parser say so.
+        if clusters > 1 || gwbridges > 1 {
             return None;
         }
         Some(out)

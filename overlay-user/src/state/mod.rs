@@ -4,6 +4,7 @@
 //! changed; `local` holds the checks that only make sense on the node itself.
 
 mod error;
+mod gwbridge;
 mod incremental;
 mod local;
 mod raw;
@@ -16,6 +17,7 @@ use std::{collections::BTreeMap, fmt, io::Read as _, net::Ipv4Addr, path::Path, 
 use rustc_hash::FxHashMap;
 
 pub use error::{list as list_problems, Problem, StateError};
+pub use gwbridge::{DEFAULT_IFNAME as DEFAULT_GW_IFNAME, DEFAULT_NAME as DEFAULT_GW_NAME};
 pub use incremental::IncrementalParser;
 pub use local::check_for_node;
 pub use values::{format_mac, parse_mac, valid_node_name};
@@ -64,7 +66,7 @@ impl Subnet {
     }
     /// The lowest address that is neither the network's nor its broadcast address: Docker's
     /// default gateway. `None` for /31 and /32.
-    fn first_host(self) -> Option<Ipv4Addr> {
+    pub fn first_host(self) -> Option<Ipv4Addr> {
         let first = u32::from(self.addr).checked_add(1)?;
         (first < u32::from(self.broadcast())).then(|| Ipv4Addr::from(first))
     }
@@ -252,6 +254,24 @@ pub struct Service {
     pub backends: Vec<Backend>,
 }
 
+/// Docker's docker_gwbridge on every node (`[gwbridge]`): each local container gets an interface
+/// on a local bridge, its default route, for traffic leaving the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gwbridge {
+    /// The bridge device (created on each node, or adopted if it exists).
+    pub name: String,
+    /// The same on every node, as in Docker; addresses are allocated by each node's agent.
+    pub subnet: Subnet,
+    /// The bridge's own address: the containers' default gateway.
+    pub gateway: Ipv4Addr,
+    /// The interface's name inside each container.
+    pub ifname: String,
+    /// Inter-container communication over the bridge (Docker's `enable_icc`).
+    pub icc: bool,
+    /// Containers' traffic to the outside leaves with the node's address.
+    pub masquerade: bool,
+}
+
 /// A validated state. Cross-references (network, node, endpoint) are known to resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterState {
@@ -263,6 +283,7 @@ pub struct ClusterState {
     pub services: BTreeMap<String, Service>,
     /// Maglev table slots per backend of each vip-mode service (before rounding up to a prime).
     pub maglev_slots_per_backend: u32,
+    pub gwbridge: Option<Gwbridge>,
 }
 
 impl ClusterState {

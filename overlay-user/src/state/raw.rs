@@ -7,6 +7,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub cluster: Option<RawCluster>,
+    pub gwbridge: Option<RawGwbridge>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
     #[serde(default)]
@@ -22,6 +23,18 @@ pub(super) struct RawState {
 pub(super) struct RawCluster {
     pub vxlan_port: Option<i64>,
     pub maglev_slots_per_backend: Option<i64>,
+}
+
+/// `[gwbridge]`: its presence gives every local container a docker_gwbridge interface.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGwbridge {
+    pub name: Option<String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ifname: Option<String>,
+    pub icc: Option<bool>,
+    pub masquerade: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -98,6 +111,7 @@ pub(super) struct RawBackend {
 #[derive(Default)]
 pub(super) struct RawRefs<'a> {
     pub cluster: Option<&'a RawCluster>,
+    pub gwbridge: Option<&'a RawGwbridge>,
     pub nodes: Vec<&'a RawNode>,
     pub networks: Vec<&'a RawNetwork>,
     pub endpoints: Vec<&'a RawEndpoint>,
@@ -108,6 +122,9 @@ impl<'a> RawRefs<'a> {
     pub fn add(&mut self, r: &'a RawState) {
         if let Some(c) = &r.cluster {
             self.cluster = Some(c);
+        }
+        if let Some(g) = &r.gwbridge {
+            self.gwbridge = Some(g);
         }
         self.nodes.extend(r.nodes.iter());
         self.networks.extend(r.networks.iter());

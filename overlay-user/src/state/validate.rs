@@ -25,7 +25,11 @@ pub(super) fn validate(raw: RawRefs<'_>) -> Result<ClusterState, Vec<Problem>> {
     let networks = networks(&raw.networks, &mut p);
     let endpoints = endpoints(&raw, &nodes, &networks, &mut p);
     let services = services::services(&raw, vxlan_port, &nodes, &networks, &endpoints, &mut p);
-    let state = ClusterState { vxlan_port, nodes, networks, endpoints, services, maglev_slots_per_backend };
+    let gwbridge = super::gwbridge::gwbridge(raw.gwbridge, &nodes, &networks, &mut p);
+    if let Some(g) = &gwbridge {
+        super::gwbridge::check_endpoints(g, &endpoints, &mut p);
+    }
+    let state = ClusterState { vxlan_port, nodes, networks, endpoints, services, maglev_slots_per_backend, gwbridge };
     capacity(&state, &mut p);
     let ingress = state.ingress_network().map(|n| n.name.as_str());
     let published_backends = |s: &Service| services::on_ingress(&s.backends, &state.endpoints, ingress).count();
