@@ -1,13 +1,18 @@
 //! `cargo xtask demo`: a three-node cluster in namespaces with containers on two overlay
 //! networks, a connectivity matrix, a service VIP balanced in eBPF, a published port reached
 //! from outside through every node with the client's address kept (the routing mesh), the
-//! datapath counters, then teardown.
+//! docker_gwbridge (containers reach the outside masqueraded, not each other over the bridge),
+//! the datapath counters, then teardown.
 //! `--keep` leaves it up until Ctrl-C and prints how to look around.
 
 use std::{process::Stdio, time::Instant};
 
 use anyhow::{bail, Result};
-use overlay_tests::{in_netns, mesh::PeerServer, overlay_bin, prereq, tcpx_bin, Cluster, ClusterSpec, ServiceSpec};
+use overlay_tests::{
+    in_netns,
+    mesh::{tally, PeerServer},
+    overlay_bin, prereq, tcpx_bin, Cluster, ClusterSpec, ServiceSpec,
+};
 
 /// One cell of the matrix: what ping said, read from its exit status (0 reply, 1 no reply,
 /// anything else: ping itself failed, so nothing was learned about the overlay).
@@ -136,6 +141,49 @@ fn routing_mesh(c: &mut Cluster) -> Result<u32> {
     Ok(failed)
 }
 
+/// docker_gwbridge with icc = false: web.1 and web.4 share node-a's bridge but not each other;
+/// both reach the outside host, which sees node-a's address. Returns failed checks.
+fn gwbridge(c: &mut Cluster) -> Result<u32> {
+    println!("\ndocker_gwbridge (icc = false, masquerade): every container has eth1 on its node's bridge 172.18.0.0/16");
+    let gw = |ep: &str| -> Result<String> {
+        let out = c.container(ep).sh("ip -4 -o addr show eth1")?;
+        Ok(out.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or("?").to_string())
+    };
+    let (w1, w4) = (gw("web.1")?, gw("web.4")?);
+    let mut failed = 0;
+    let blocked = !c.container("web.1").ok(&format!("ping -c1 -W1 -q {w4}"));
+    failed += u32::from(!blocked);
+    println!(
+        "  web.1 ({w1}) -> web.4 ({w4}), both on node-a's bridge: {}",
+        if blocked { "blocked by ov_from_gwbridge (icc-blocked)" } else { "FAIL: reached" }
+    );
+    let overlay = c.ping("web.1", "web.4");
+    failed += u32::from(!overlay);
+    println!("  web.1 -> web.4 on app-net (the overlay): {}", if overlay { "ok" } else { "FAIL" });
+    let server = PeerServer::start(&c.external("client").ns, "outside", 9000)?;
+    for (ep, node) in [("web.1", "node-a"), ("db.2", "node-b")] {
+        match tally(c.container(ep), "cps", CLIENT, 9000, 20) {
+            Ok(t) => {
+                let addr = c.address_of(node);
+                let ok = t.keys().all(|k| k.ends_with(&format!("@{addr}"))) && !t.is_empty();
+                failed += u32::from(!ok);
+                let seen: Vec<&str> = t.keys().filter_map(|k| k.split('@').nth(1)).collect();
+                println!(
+                    "  20 connections {ep} ({node}) -> {CLIENT} (outside): the outside saw {} ({})",
+                    seen.join(", "),
+                    if ok { "the node's address: masqueraded" } else { "FAIL" }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  {ep} -> {CLIENT}: FAIL ({e:#})");
+            }
+        }
+    }
+    drop(server);
+    Ok(failed)
+}
+
 fn main() -> Result<()> {
     // Before anything is created: a missing tool is named, never mistaken for a broken overlay.
     prereq::require(&[prereq::IP, prereq::PING], "cargo xtask demo")?;
@@ -149,6 +197,8 @@ fn main() -> Result<()> {
         .ingress_network("ingress", 4096, "10.0.0.0/24")
         .endpoint("shop.1", "ingress", "node-b", "10.0.0.3")
         .endpoint("shop.2", "ingress", "node-c", "10.0.0.4");
+    let mut spec = spec;
+    spec.extra = "\n[gwbridge]\n".into(); // Docker's defaults: docker_gwbridge, 172.18.0.0/16, icc off
     println!(
         "Bringing up {} nodes, {} overlay networks, {} containers (all in network namespaces)...",
         spec.nodes.len(),
@@ -218,6 +268,7 @@ fn main() -> Result<()> {
     );
     failed += service_vip(&mut c)?;
     failed += routing_mesh(&mut c)?;
+    failed += gwbridge(&mut c)?;
     println!("\nDatapath counters (overlay stats):");
     for n in ["node-a", "node-b", "node-c"] {
         let v = c.stats(n)?;
