@@ -301,15 +301,25 @@ fn capacity(s: &ClusterState, p: &mut Problems) {
         p.add("networks", "name", format!("{} networks; the datapath holds at most {MAX_NETWORKS}", s.networks.len()));
     }
     let mut per_node: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut sandboxes = rustc_hash::FxHashSet::default();
     for e in s.endpoints.values() {
         *per_node.entry(e.node.as_str()).or_default() += 1;
+        // Each sandbox's gwbridge interface takes a local-interface entry too.
+        if let (Some(ns), true) = (&e.netns, s.gwbridge.is_some()) {
+            if sandboxes.insert((e.node.as_str(), ns)) {
+                *per_node.entry(e.node.as_str()).or_default() += 1;
+            }
+        }
     }
     for (node, n) in per_node {
         if n > MAX_LOCAL_IFACES as usize {
             p.add(
                 format!("nodes \"{node}\""),
                 "name",
-                format!("{n} endpoints on this node; a node's datapath holds at most {MAX_LOCAL_IFACES}"),
+                format!(
+                    "{n} endpoints (and gwbridge interfaces) on this node; a node's datapath holds at most \
+                     {MAX_LOCAL_IFACES}"
+                ),
             );
         }
     }
