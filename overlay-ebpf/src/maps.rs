@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, GwConfig, LbStats, LocalIface, MaglevPair,
-        NetworkInfo, NextHop, NodeInfo, PortStats, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS,
-        MAX_LOCAL_IFACES, MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_PUBLISHED, MAX_SERVICES,
+        self as abi, BackendInfo, Config, CtEntry, CtKey, EndpointInfo, EndpointKey, GwConfig, LbStats, LocalIface,
+        MaglevPair, NetworkInfo, NextHop, NodeInfo, PortStats, ServiceInfo, ServiceKey, MAX_BACKENDS, MAX_CT,
+        MAX_ENDPOINTS, MAX_LOCAL_IFACES, MAX_MAGLEV_SLOTS, MAX_NETWORKS, MAX_NODES, MAX_PUBLISHED, MAX_SERVICES,
     },
     stats::{DropReason, FwdCounter},
 };

@@ -131,7 +131,14 @@ pub fn allocate(
 
 /// Make the sandbox's interface exist and match (address, MAC, MTU, default route), its host end
 /// a port of the bridge, left down until the program is attached.
-pub async fn plumb_port(node: &Netlink, bridge: &Bridge, g: &Gwbridge, netns: &Path, ip: Ipv4Addr, mtu: u32) -> Result<Port> {
+pub async fn plumb_port(
+    node: &Netlink,
+    bridge: &Bridge,
+    g: &Gwbridge,
+    netns: &Path,
+    ip: Ipv4Addr,
+    mtu: u32,
+) -> Result<Port> {
     if !netns::is_netns(netns)? {
         bail!("{} is not a network namespace", netns.display());
     }
@@ -242,12 +249,18 @@ mod tests {
         let all: BTreeSet<PathBuf> = [s("a"), s("b"), s("c")].into();
         let first = allocate(&g, &all, &BTreeMap::new());
         let ip = |m: &BTreeMap<PathBuf, Option<Ipv4Addr>>, n| m[&s(n)].unwrap().to_string();
-        assert_eq!((ip(&first, "a"), ip(&first, "b"), ip(&first, "c")), ("172.18.0.2".into(), "172.18.0.3".into(), "172.18.0.4".into()));
+        assert_eq!(
+            (ip(&first, "a"), ip(&first, "b"), ip(&first, "c")),
+            ("172.18.0.2".into(), "172.18.0.3".into(), "172.18.0.4".into())
+        );
         // "a" leaves, "d" arrives: b and c keep theirs, d takes the freed lowest one.
         let have: BTreeMap<PathBuf, Ipv4Addr> = first.iter().map(|(k, v)| (k.clone(), v.unwrap())).collect();
         let now: BTreeSet<PathBuf> = [s("b"), s("c"), s("d")].into();
         let second = allocate(&g, &now, &have);
-        assert_eq!((ip(&second, "b"), ip(&second, "c"), ip(&second, "d")), ("172.18.0.3".into(), "172.18.0.4".into(), "172.18.0.2".into()));
+        assert_eq!(
+            (ip(&second, "b"), ip(&second, "c"), ip(&second, "d")),
+            ("172.18.0.3".into(), "172.18.0.4".into(), "172.18.0.2".into())
+        );
     }
 
     #[test]

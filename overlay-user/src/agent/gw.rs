@@ -42,7 +42,10 @@ impl Agent {
             }
         };
         // A bridge we created stays ours when a restart finds it again.
-        let bridge = Bridge { created: bridge.created || before.as_ref().is_some_and(|b| b.name == g.name && b.created), ..bridge };
+        let bridge = Bridge {
+            created: bridge.created || before.as_ref().is_some_and(|b| b.name == g.name && b.created),
+            ..bridge
+        };
         let bridge_same = before.as_ref().is_some_and(|b| b.ifindex == bridge.ifindex);
         self.record.gw_bridge = Some(bridge.clone());
         let rules = gwbridge::nft_rules(g);

@@ -140,7 +140,8 @@ impl Agent {
         self.reconcile_gw(state, &sandboxes, &mut report).await?;
 
         // 2. Maps: the whole cluster as this node sees it, and the next hop to each other node.
-        let gw = self.record.gw_bridge.as_ref().filter(|_| state.gwbridge.is_some()).map(|b| (b, &self.record.gw_ports));
+        let gw =
+            self.record.gw_bridge.as_ref().filter(|_| state.gwbridge.is_some()).map(|b| (b, &self.record.gw_ports));
         let mut desired = desired_contents(state, &self.node, &self.underlay, &plumbed, gw, &self.current)?;
         desired.nexthops = self.nexthops(&desired).await?;
         report.map_writes = self.dp.apply(&self.current, &desired)?;
@@ -307,7 +308,9 @@ fn mesh_ports(state: &ClusterState, endpoint: &str) -> Vec<(u8, u16)> {
         .values()
         .filter(|s| s.backends.iter().any(|b| b.endpoint == endpoint))
         // Host-mode ports through docker_gwbridge reply from the gwbridge address, by the main table.
-        .flat_map(|s| s.ports.iter().filter(|p| p.published.is_some() && !(via_gw && p.publish_mode == PublishMode::Host)))
+        .flat_map(|s| {
+            s.ports.iter().filter(|p| p.published.is_some() && !(via_gw && p.publish_mode == PublishMode::Host))
+        })
         .map(|p| (p.protocol.number(), p.target))
         .collect();
     out.sort_unstable();

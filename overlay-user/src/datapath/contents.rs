@@ -157,8 +157,15 @@ netns = "/run/netns/d1"
     #[test]
     fn one_node_sees_local_veths_and_remote_vteps() {
         let s = state::parse(STATE, Path::new("t")).unwrap();
-        let c = desired_contents(&s, "a", &underlay(), &plumbed(&[("web.1", 21), ("db.1", 22)]), None, &Contents::default())
-            .unwrap();
+        let c = desired_contents(
+            &s,
+            "a",
+            &underlay(),
+            &plumbed(&[("web.1", 21), ("db.1", 22)]),
+            None,
+            &Contents::default(),
+        )
+        .unwrap();
         assert_eq!(c.config.node_ip, u32::from_ne_bytes([192, 168, 50, 11]));
         assert_eq!((c.config.underlay_ifindex, c.config.underlay_mtu, c.config.vxlan_port), (7, 1500, 4790));
         // Default MTU is the underlay's minus 50; a configured one is kept.

@@ -13,8 +13,9 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Result};
 use overlay_common::{
     maps::{
-        BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_LOCAL, EP_VIP, MAX_BACKENDS,
-        MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PUBLISHED, SVC_VIA_GW, GW_HOST_PORTS,
+        BackendInfo, EndpointInfo, EndpointKey, ServiceInfo, ServiceKey, EP_BACKEND, EP_LOCAL, EP_VIP, GW_HOST_PORTS,
+        MAX_BACKENDS, MAX_MAGLEV_SLOTS, MAX_SERVICES, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PUBLISHED,
+        SVC_VIA_GW,
     },
     vxlan::default_mac,
 };
