@@ -262,6 +262,13 @@ pub const GW_ICC: u16 = 1;
 /// `GwConfig::flags`: a host-mode published port is served through the gwbridge here, so what
 /// containers send outside may be its replies (looked up in conntrack; otherwise not).
 pub const GW_HOST_PORTS: u16 = 2;
+/// `GwConfig::flags`: masquerade (`masquerade = true`): containers' TCP and UDP to the outside
+/// leave with the node's address and a port of `SNAT_PORT_MIN..=SNAT_PORT_MAX`, in eBPF.
+pub const GW_MASQUERADE: u16 = 4;
+/// Source ports of masqueraded flows: above Linux's default ephemeral range (32768-60999), so
+/// the node's own connections do not hold them. A port is reused towards different peers.
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 65535;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -294,6 +301,11 @@ pub const CT_CLOSING: u32 = 2;
 /// entry node (`peer` = this node: reverse NAT to `nat_ip:nat_port` and send to the client with
 /// `macs`) and on the backend's node (`peer` = the entry node: replies go back there).
 pub const CT_MESH: u32 = 4;
+/// A masqueraded docker_gwbridge flow. Forward entry (container -> outside): `nat_ip`/`nat_port`
+/// are the node's address and the SNAT port. Reply entry (outside -> node, `CT_REPLY`):
+/// `nat_ip`/`nat_port` are the container's gwbridge address and port, `backend` the ifindex of
+/// its gwbridge port, `macs` the Ethernet header into the container.
+pub const CT_SNAT: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use overlay_common::{
 use crate::{
     encap, lb,
     maps::{config, OV_ENDPOINTS, OV_NETWORKS, OV_NODES},
-    mesh,
+    mesh, nat,
     parse::*,
     stats,
 };
@@ -188,6 +188,14 @@ pub fn underlay_xdp(ctx: &XdpContext) -> Result<u32, DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     match classify(&pkt, pkt.len(), &cfg)? {
         Verdict::Pass => {
+            // A reply to a container's masqueraded flow (docker_gwbridge)?
+            let r = nat::unsnat_xdp(ctx);
+            if r >= 0 {
+                return Ok(r as u32);
+            }
+            if r != mesh::NOT_OURS {
+                return Err(mesh::reason_of(r));
+            }
             if cfg.ingress_vni != 0 {
                 // The routing mesh's stages, one after the other (see mesh.rs).
                 let mut r = mesh::begin_xdp(ctx);
@@ -250,6 +258,14 @@ pub fn underlay_tc(ctx: &TcContext) -> Result<i32, DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     match classify(&pkt, ctx.len() as usize, &cfg)? {
         Verdict::Pass => {
+            // A reply to a container's masqueraded flow (docker_gwbridge)?
+            let r = nat::unsnat_tc(ctx);
+            if r >= 0 {
+                return Ok(r as i32);
+            }
+            if r != mesh::NOT_OURS {
+                return Err(mesh::reason_of(r));
+            }
             if cfg.ingress_vni != 0 {
                 // The routing mesh's stages, one after the other (see mesh.rs).
                 let mut r = mesh::begin_tc(ctx);

@@ -3,20 +3,21 @@
 //! ICC off (Docker's `enable_icc=false`, enforced here instead of by iptables) it reaches only the
 //! bridge itself: ARP for the gateway, unicast to the bridge's MAC, and no address of the
 //! bridge's subnet but the gateway's. Replies of host-mode published ports are reverse-NATed
-//! straight to the client; everything else goes to the node, which routes it (and masquerades
-//! it to the outside).
+//! straight to the client; TCP and UDP to the outside are masqueraded here (nat.rs) and sent
+//! out of the underlay; everything else goes to the node, which routes it (and masquerades it
+//! with nftables).
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
-    maps::{GwConfig, GW_HOST_PORTS, GW_ICC, GW_VNI},
+    maps::{GwConfig, GW_HOST_PORTS, GW_ICC, GW_MASQUERADE, GW_VNI},
     stats::{DropReason, FwdCounter},
 };
 
 use crate::{
     arp::{ArpBody, ARP_REPLY, ARP_REQUEST},
     maps::{OV_GWBRIDGE, OV_LOCAL_IFACES},
-    mesh,
+    mesh, nat,
     parse::*,
     stats,
 };
@@ -47,7 +48,7 @@ pub fn from_gwbridge(ctx: &TcContext) -> Result<i32, DropReason> {
     let to_bridge = eth.dst_addr == gw.bridge_mac;
     match u16::from_be(eth.ether_type) {
         ETH_P_ARP => arp(&pkt, &gw, iface.ip, icc, to_bridge),
-        ETH_P_IP => ipv4(ctx, &pkt, &gw, iface.ip, icc, to_bridge),
+        ETH_P_IP => ipv4(ctx, &pkt, &gw, iface.ip, ifindex, icc, to_bridge),
         // The gwbridge carries IPv4 only (IPv6 is off on the container's interface).
         _ => Err(DropReason::NotIpv4),
     }
@@ -74,7 +75,15 @@ fn arp(pkt: &Packet, gw: &GwConfig, own: u32, icc: bool, to_bridge: bool) -> Res
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, pkt: &Packet, gw: &GwConfig, own: u32, icc: bool, to_bridge: bool) -> Result<i32, DropReason> {
+fn ipv4(
+    ctx: &TcContext,
+    pkt: &Packet,
+    gw: &GwConfig,
+    own: u32,
+    ifindex: u32,
+    icc: bool,
+    to_bridge: bool,
+) -> Result<i32, DropReason> {
     let ip: *const Ipv4Hdr = pkt.at(ETH_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
     let ip = unsafe { &*ip };
@@ -95,8 +104,20 @@ fn ipv4(ctx: &TcContext, pkt: &Packet, gw: &GwConfig, own: u32, icc: bool, to_br
     }
     let frags = be16(ip.frags);
     let plain = ip.vihl & 0x0f == 5 && frags & (IP_MF | IP_OFFSET) == 0;
-    if gw.flags & GW_HOST_PORTS != 0 && !on_bridge && plain && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        let r = mesh::gw_reply_frame(ctx, src, dst, ip.proto as u32);
+    // Copied: the calls below may move the packet, and `ip` with it.
+    let l4 = plain && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP);
+    let proto = ip.proto as u32;
+    if gw.flags & GW_HOST_PORTS != 0 && !on_bridge && l4 {
+        let r = mesh::gw_reply_frame(ctx, src, dst, proto);
+        if r >= 0 {
+            return Ok(r as i32);
+        }
+        if r != mesh::NOT_OURS {
+            return Err(mesh::reason_of(r));
+        }
+    }
+    if gw.flags & GW_MASQUERADE != 0 && !on_bridge && l4 {
+        let r = nat::snat_frame(ctx, src, dst, proto, ifindex);
         if r >= 0 {
             return Ok(r as i32);
         }

@@ -17,6 +17,7 @@ mod icmp; // "destination unreachable" back to the sender
 mod lb; // service VIPs: conntrack, schedulers, DNAT and reverse NAT
 mod maps; // every map
 mod mesh; // the ingress routing mesh: published ports on the underlay, replies back through the entry node
+mod nat; // docker_gwbridge masquerade: containers' TCP/UDP out with the node's address, replies back in
 mod parse; // bounds-checked access, header sizes
 mod stats; // per-CPU counters
 

@@ -556,7 +556,7 @@ fn dnat_xdp(pkt: &Packet, h: &Hdr, p: &Pick) -> Result<(), DropReason> {
 
 /// The L4 checksum after an address and a port change (UDP without checksum stays without).
 #[inline(always)]
-fn fix_l4_xdp(pkt: &Packet, proto: u8, old: u32, new: u32, old_port: u16, new_port: u16) -> Result<(), DropReason> {
+pub fn fix_l4_xdp(pkt: &Packet, proto: u8, old: u32, new: u32, old_port: u16, new_port: u16) -> Result<(), DropReason> {
     let at = if proto == IPPROTO_TCP { L4 + 16 } else { L4 + 6 };
     let p: *mut [u8; 2] = pkt.at(at).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
@@ -609,7 +609,7 @@ fn encap_xdp(ctx: &XdpContext, cfg: &Config, h: &Hdr, p: &Pick) -> i64 {
 }
 
 #[inline(always)]
-fn rewrite_port_tc(ctx: &TcContext, at: usize, proto: u8, old: u16, new: u16) -> Result<(), DropReason> {
+pub fn rewrite_port_tc(ctx: &TcContext, at: usize, proto: u8, old: u16, new: u16) -> Result<(), DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let p: *mut u16 = pkt.at(at).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
@@ -619,7 +619,7 @@ fn rewrite_port_tc(ctx: &TcContext, at: usize, proto: u8, old: u16, new: u16) ->
 }
 
 #[inline(always)]
-fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), DropReason> {
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), DropReason> {
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let e: *mut [u8; 12] = pkt.at(0).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.

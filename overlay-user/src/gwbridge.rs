@@ -176,7 +176,9 @@ pub async fn plumb_port(
 }
 
 /// The node's nftables table for `g`, replaced in one transaction: masquerade of what the
-/// containers send beyond the node (if asked), and no new connection from outside into them
+/// containers send beyond the node that the datapath left to the kernel (ICMP, and anything
+/// routed out of another interface than the underlay; TCP and UDP out of the underlay are
+/// masqueraded in eBPF, nat.rs), if asked; and no new connection from outside into them
 /// (Docker's FORWARD rules; published ports reach them through the datapath, before netfilter).
 pub fn nft_rules(g: &Gwbridge) -> String {
     let (name, subnet) = (&g.name, g.subnet);

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use overlay_common::{
     maps::{
         Config, EndpointInfo, EndpointKey, GwConfig, LocalIface, NetworkInfo, NodeInfo, EP_GATEWAY, EP_LOCAL, GW_ICC,
-        GW_VNI, NET_INGRESS,
+        GW_MASQUERADE, GW_VNI, NET_INGRESS,
     },
     vxlan::{default_mac, ENCAP_OVERHEAD},
 };
@@ -85,7 +85,7 @@ pub fn desired_contents(
             mask: u32::from_ne_bytes(mask.to_be_bytes()),
             gateway: ip_key(g.gateway),
             bridge_mac: bridge.mac,
-            flags: if g.icc { GW_ICC } else { 0 },
+            flags: if g.icc { GW_ICC } else { 0 } | if g.masquerade { GW_MASQUERADE } else { 0 },
         };
         // Kept apart from every overlay network by the pseudo-VNI.
         for p in ports.values() {

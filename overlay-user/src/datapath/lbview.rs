@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use overlay_common::maps::{
-    ct_timeout_ns, CtEntry, CtKey, LbStats, PortStats, CT_CLOSING, CT_MESH, CT_REPLY, MAP_CT, MAP_LB_STATS,
+    ct_timeout_ns, CtEntry, CtKey, LbStats, PortStats, CT_CLOSING, CT_MESH, CT_REPLY, CT_SNAT, MAP_CT, MAP_LB_STATS,
     MAP_PORT_STATS,
 };
 use rustc_hash::FxHashMap;
@@ -52,7 +52,8 @@ fn flows_of(map: &Map) -> Result<Vec<TrackedFlow>> {
     for kv in m.iter() {
         // An entry evicted while we walk the table ends the walk early: show what we have.
         let Ok((k, e)) = kv else { break };
-        if e.flags & CT_REPLY != 0 {
+        // Masqueraded gwbridge flows are not balanced: not shown here.
+        if e.flags & (CT_REPLY | CT_SNAT) != 0 {
             continue;
         }
         out.push(TrackedFlow {

@@ -1,0 +1,305 @@
+//! docker_gwbridge masquerade in eBPF (Cilium's BPF masquerading, on the project's conntrack). A
+//! container's TCP or UDP to an address beyond the node leaves with the node's address and a
+//! port of SNAT_PORT_MIN..=SNAT_PORT_MAX, straight from its gwbridge port to the underlay: no
+//! bridge, no routing, no netfilter. Replies to the node on such a port are found in conntrack
+//! by the underlay program and handed straight back into the container. Both directions are
+//! OV_CT entries (`CT_SNAT`). Everything else the containers send outside (ICMP, traffic the
+//! node would route out of another interface) takes the kernel path: routed and masqueraded by
+//! the agent's nftables table.
+//!
+//! Like a router, both directions decrement the TTL; a packet about to expire is left to the
+//! kernel, which answers "time exceeded".
+
+use core::{ffi::c_void, mem, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_NOEXIST,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::{TcContext, XdpContext},
+};
+use overlay_common::{
+    maps::{CtEntry, CtKey, CT_CLOSING, CT_REPLY, CT_SNAT, GW_MASQUERADE, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    stats::{DropReason, FwdCounter},
+    vxlan::flow_hash,
+};
+
+use crate::{
+    hdr,
+    lb::{self, csum_replace2, csum_replace4, L4, REFRESH_NS, TCP_FIN, TCP_RST},
+    maps::{config, OV_CT, OV_GWBRIDGE, OV_LOCAL_IFACES},
+    mesh::{self, NOT_OURS},
+    parse::*,
+    stats,
+};
+
+const AF_INET: u8 = 2;
+const SNAT_RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+/// Ports tried for a new flow before it is refused (`snat-no-port`): each try is one conntrack
+/// insert; with the range 4,536 ports wide per peer, eight collisions in a row mean it is full.
+const TRIES: u32 = 8;
+/// Ethernet + IPv4 + the TCP header up to its flags.
+const NEED_LINEAR: usize = L4 + 14;
+
+// ---- Container -> outside -------------------------------------------------------------------
+
+/// From the gwbridge program: `src` (the container's gwbridge address) sends TCP/UDP (`proto`),
+/// without options or fragments, to `dst` beyond the node, on port `ifindex`. An action, or
+/// NOT_OURS (the kernel path), or `-(reason)`. Out of line: its own stack frame.
+#[inline(never)]
+pub fn snat_frame(ctx: &TcContext, src: u32, dst: u32, proto: u32, ifindex: u32) -> i64 {
+    match snat(ctx, src, dst, proto as u8, ifindex) {
+        Ok(Some(a)) => a as i64,
+        Ok(None) => NOT_OURS,
+        Err(r) => -(r as i64),
+    }
+}
+
+#[inline(always)]
+fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<Option<i32>, DropReason> {
+    let cfg = *config().ok_or(DropReason::NoConfig)?;
+    ensure_linear(ctx, NEED_LINEAR)?;
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let ttl: u8 = lb::read(&pkt, ETH_LEN + 8)?;
+    if ttl <= 1 {
+        return Ok(None);
+    }
+    let ports: [u16; 2] = lb::read(&pkt, L4)?;
+    let tcp_flags: u8 = if proto == IPPROTO_TCP { lb::read(&pkt, L4 + 13)? } else { 0 };
+    // Only what the node sends out of the underlay is ours (it leaves with the node's address).
+    let mut fib = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: every byte of the struct is written before it is read.
+    unsafe { hdr::zero(fib.as_mut_ptr().cast::<u8>(), mem::size_of::<bpf_fib_lookup>()) };
+    let mut fib = unsafe { fib.assume_init() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.ifindex = cfg.underlay_ifindex;
+    fib.__bindgen_anon_3.ipv4_src = cfg.node_ip;
+    fib.__bindgen_anon_4.ipv4_dst = dst;
+    let skb = ctx.skb.skb as *mut c_void;
+    let rc =
+        unsafe { fib_lookup(skb, &mut fib, mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT) } as u32;
+    let resolved = match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        _ => return Ok(None),
+    };
+    if fib.ifindex != cfg.underlay_ifindex {
+        return Ok(None);
+    }
+    let key = CtKey { src, dst, sport: ports[0], dport: ports[1], proto, _pad: [0; 3] };
+    let nat_port = match OV_CT.get_ptr_mut(&key) {
+        // SAFETY: a map value; concurrent updates of these fields are benign.
+        Some(ct) if unsafe { (*ct).flags } & CT_SNAT != 0 => unsafe {
+            let t = lb::now();
+            if t.wrapping_sub((*ct).last_seen) > REFRESH_NS {
+                (*ct).last_seen = t;
+            }
+            if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*ct).flags |= CT_CLOSING;
+            }
+            (*ct).nat_port
+        },
+        _ => {
+            let p = new_flow(&key, cfg.node_ip, ifindex);
+            if p < 0 {
+                return Err(mesh::reason_of(p));
+            }
+            p as u16
+        }
+    };
+    lb::rewrite_addr_tc(ctx, ETH_LEN + 12, src, cfg.node_ip, proto)?;
+    mesh::rewrite_port_tc(ctx, L4, proto, ports[0], nat_port)?;
+    dec_ttl_tc(ctx, ttl)?;
+    stats::fwd(FwdCounter::GwSnat);
+    if resolved {
+        mesh::set_macs(ctx, &fib.dmac, &fib.smac)?;
+        return Ok(Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32));
+    }
+    // The kernel resolves the next hop and sends.
+    Ok(Some(unsafe { bpf_redirect_neigh(fib.ifindex, ptr::null_mut(), 0, 0) } as i32))
+}
+
+/// A new masqueraded flow: a free port towards this peer, both entries written (the reply's
+/// first, with BPF_NOEXIST: it is what owns the port). The port (network order), or
+/// `-(reason)`.
+#[inline(never)]
+fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
+    let (Some(iface), Some(gw)) = (unsafe { OV_LOCAL_IFACES.get(&ifindex) }, OV_GWBRIDGE.get(0)) else {
+        return -(DropReason::NoConfig as i64);
+    };
+    let mut macs = [0u8; 12];
+    macs[0..6].copy_from_slice(&iface.mac);
+    macs[6..12].copy_from_slice(&gw.bridge_mac);
+    let t = lb::now();
+    let mut e = CtEntry {
+        nat_ip: key.src,
+        backend: ifindex,
+        flags: CT_SNAT | CT_REPLY,
+        nat_port: key.sport,
+        service: 0,
+        last_seen: t,
+        peer: 0,
+        macs,
+    };
+    let h = flow_hash(key.src, key.dst, key.proto, (key.sport as u32) | (key.dport as u32) << 16);
+    let mut i = 0;
+    while i < TRIES {
+        let port = (SNAT_PORT_MIN as u32 + h.wrapping_add(i.wrapping_mul(2_654_435_761)) % SNAT_RANGE) as u16;
+        let port = port.to_be();
+        let rk = CtKey { src: key.dst, dst: node_ip, sport: key.dport, dport: port, proto: key.proto, _pad: [0; 3] };
+        let mine = match unsafe { OV_CT.get(&rk) } {
+            None => OV_CT.insert(&rk, &e, BPF_NOEXIST as u64).is_ok(),
+            // The flow's own reply entry, outliving its forward entry (LRU): same port again.
+            Some(r) => r.flags & CT_SNAT != 0 && r.nat_ip == key.src && r.nat_port == key.sport,
+        };
+        if mine {
+            e.nat_ip = node_ip;
+            e.flags = CT_SNAT;
+            e.nat_port = port;
+            e.macs = [0; 12];
+            if OV_CT.insert(key, &e, 0).is_err() {
+                let _ = OV_CT.remove(&rk);
+                return -(DropReason::ConntrackFull as i64);
+            }
+            return port as i64;
+        }
+        i += 1;
+    }
+    -(DropReason::SnatNoPort as i64)
+}
+
+/// TTL - 1 and the IPv4 checksum with it (the TTL shares a 16-bit word with the protocol).
+#[inline(always)]
+fn dec_ttl_tc(ctx: &TcContext, ttl: u8) -> Result<(), DropReason> {
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let w: *mut [u8; 2] = pkt.at(ETH_LEN + 8).ok_or(DropReason::Truncated)?;
+    // SAFETY: bounds-checked above.
+    let old = unsafe { *w };
+    let new = [ttl - 1, old[1]];
+    unsafe { *w = new };
+    ctx.l3_csum_replace(ETH_LEN + 10, u16::from_ne_bytes(old) as u64, u16::from_ne_bytes(new) as u64, 2)
+        .map_err(|_| DropReason::HelperFailed)
+}
+
+// ---- Outside -> container ---------------------------------------------------------------------
+
+/// What a reply to a masqueraded flow says, read once.
+struct Reply {
+    /// Where the destination address and port sit are fixed (no options): only these change.
+    dst: u32,
+    dport: u16,
+    proto: u8,
+    ttl: u8,
+    ct: CtEntry,
+}
+
+/// Is this underlay packet a reply to a masqueraded flow? Only TCP/UDP to the node's address on
+/// a SNAT port, without options or fragments, with a conntrack reply entry.
+#[inline(always)]
+fn reply_of(pkt: &Packet, node_ip: u32) -> Option<Reply> {
+    // One read, one bounds check: Ethernet type, IPv4 header, ports.
+    let f: [u8; ETH_LEN + IPV4_LEN + 4] = lb::read(pkt, 0).ok()?;
+    let eth_type = [f[12], f[13]];
+    let mut h = [0u8; IPV4_LEN + 4];
+    h.copy_from_slice(&f[ETH_LEN..]);
+    let proto = h[9];
+    let frags = u16::from_be_bytes([h[6], h[7]]);
+    if be16(eth_type) != ETH_P_IP
+        || h[0] != 0x45
+        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+        || frags & (IP_MF | IP_OFFSET) != 0
+    {
+        return None;
+    }
+    let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    let dport = u16::from_ne_bytes([h[22], h[23]]);
+    let port = u16::from_be(dport);
+    if dst != node_ip || port < SNAT_PORT_MIN {
+        return None;
+    }
+    let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+    let key = CtKey { src, dst, sport: u16::from_ne_bytes([h[20], h[21]]), dport, proto, _pad: [0; 3] };
+    let ct = OV_CT.get_ptr_mut(&key)?;
+    // SAFETY: a map value; concurrent updates of these fields are benign.
+    let ct = unsafe { &mut *ct };
+    if ct.flags & (CT_SNAT | CT_REPLY) != CT_SNAT | CT_REPLY || h[8] <= 1 {
+        return None;
+    }
+    let t = lb::now();
+    if t.wrapping_sub(ct.last_seen) > REFRESH_NS {
+        ct.last_seen = t;
+    }
+    Some(Reply { dst, dport, proto, ttl: h[8], ct: *ct })
+}
+
+/// In the underlay's TC program, before the routing mesh: a reply translated back and into its
+/// container (an action), or NOT_OURS, or `-(reason)`. Out of line: its own stack frame.
+#[inline(never)]
+pub fn unsnat_tc(ctx: &TcContext) -> i64 {
+    let Some(node_ip) = masquerading() else { return NOT_OURS };
+    if ensure_linear(ctx, NEED_LINEAR).is_err() {
+        return NOT_OURS;
+    }
+    let Some(r) = reply_of(&Packet::new(ctx.data(), ctx.data_end()), node_ip) else { return NOT_OURS };
+    let done = lb::rewrite_addr_tc(ctx, ETH_LEN + 16, r.dst, r.ct.nat_ip, r.proto)
+        .and_then(|_| mesh::rewrite_port_tc(ctx, L4 + 2, r.proto, r.dport, r.ct.nat_port))
+        .and_then(|_| dec_ttl_tc(ctx, r.ttl))
+        .and_then(|_| mesh::set_macs(ctx, &mac(&r.ct.macs, 0), &mac(&r.ct.macs, 6)));
+    if let Err(e) = done {
+        return -(e as i64);
+    }
+    stats::fwd(FwdCounter::GwUnsnat);
+    unsafe { bpf_redirect_peer(r.ct.backend, 0) }
+}
+
+/// The same in XDP: checksums by hand; out through the container's gwbridge port.
+#[inline(never)]
+pub fn unsnat_xdp(ctx: &XdpContext) -> i64 {
+    // Map lookups before the packet's bounds are taken: the verifier refuses a packet end that
+    // the compiler kept across a call and widened afterwards.
+    let Some(node_ip) = masquerading() else { return NOT_OURS };
+    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let Some(r) = reply_of(&pkt, node_ip) else { return NOT_OURS };
+    let Some(ip) = pkt.at::<[u8; IPV4_LEN]>(ETH_LEN) else { return NOT_OURS };
+    // SAFETY: bounds-checked above.
+    let ip = unsafe { &mut *ip };
+    let mut c = u16::from_ne_bytes([ip[10], ip[11]]);
+    c = csum_replace4(c, r.dst, r.ct.nat_ip);
+    let old = u16::from_ne_bytes([ip[8], ip[9]]);
+    ip[8] = r.ttl - 1;
+    c = csum_replace2(c, old, u16::from_ne_bytes([ip[8], ip[9]]));
+    ip[16..20].copy_from_slice(&r.ct.nat_ip.to_ne_bytes());
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    if let Err(e) = mesh::fix_l4_xdp(&pkt, r.proto, r.dst, r.ct.nat_ip, r.dport, r.ct.nat_port) {
+        return -(e as i64);
+    }
+    let (Some(port), Some(eth)) = (pkt.at::<u16>(L4 + 2), pkt.at::<[u8; 12]>(0)) else {
+        return -(DropReason::Truncated as i64);
+    };
+    // SAFETY: bounds-checked above.
+    unsafe {
+        ptr::write_unaligned(port, r.ct.nat_port);
+        *eth = r.ct.macs;
+    }
+    stats::fwd(FwdCounter::GwUnsnat);
+    unsafe { bpf_redirect(r.ct.backend, 0) }
+}
+
+/// The node's address when masquerade is on; `None`: no flow can be ours.
+#[inline(always)]
+fn masquerading() -> Option<u32> {
+    let gw = OV_GWBRIDGE.get(0)?;
+    if gw.flags & GW_MASQUERADE == 0 {
+        return None;
+    }
+    Some(config()?.node_ip)
+}
+
+#[inline(always)]
+fn mac(m: &[u8; 12], at: usize) -> [u8; 6] {
+    let mut o = [0u8; 6];
+    o.copy_from_slice(&m[at..at + 6]);
+    o
+}
