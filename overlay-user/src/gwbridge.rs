@@ -129,6 +129,14 @@ pub fn allocate(
     out
 }
 
+/// The address of the subnet the sandbox's gwbridge interface already has, if any.
+pub async fn existing_address(netns: &Path, g: &Gwbridge) -> Option<Ipv4Addr> {
+    let sandbox = Netlink::connect_in(netns).ok()?;
+    let link = sandbox.link(&g.ifname).await.ok()??;
+    let addrs = sandbox.ipv4_addresses(link.index).await.ok()?;
+    addrs.into_iter().find(|(ip, prefix)| *prefix == g.subnet.prefix && g.assignable(*ip)).map(|(ip, _)| ip)
+}
+
 /// Make the sandbox's interface exist and match (address, MAC, MTU, default route), its host end
 /// a port of the bridge, left down until the program is attached.
 pub async fn plumb_port(

@@ -58,7 +58,17 @@ impl Agent {
             }
         }
 
-        let have: BTreeMap<PathBuf, Ipv4Addr> = self.record.gw_ports.iter().map(|(k, p)| (k.clone(), p.ip)).collect();
+        let mut have: BTreeMap<PathBuf, Ipv4Addr> =
+            self.record.gw_ports.iter().map(|(k, p)| (k.clone(), p.ip)).collect();
+        // A sandbox the record does not know (a new one, or the record was lost) keeps the
+        // address its interface already has, so a lost record does not renumber containers.
+        let unknown: Vec<&PathBuf> = sandboxes.iter().filter(|ns| !have.contains_key(*ns)).collect();
+        for ns in unknown {
+            // Never at the expense of a sandbox the record gave that address.
+            if let Some(ip) = gwbridge::existing_address(ns, g).await.filter(|ip| !have.values().any(|v| v == ip)) {
+                have.insert(ns.clone(), ip);
+            }
+        }
         let mtu = self.underlay.mtu;
         for (ns, ip) in gwbridge::allocate(g, sandboxes, &have) {
             let key = format!("{FAILED_KEY} {}", ns.display());
