@@ -144,7 +144,9 @@ fn routing_mesh(c: &mut Cluster) -> Result<u32> {
 /// docker_gwbridge with icc = false: web.1 and web.4 share node-a's bridge but not each other;
 /// both reach the outside host, which sees node-a's address. Returns failed checks.
 fn gwbridge(c: &mut Cluster) -> Result<u32> {
-    println!("\ndocker_gwbridge (icc = false, masquerade): every container has eth1 on its node's bridge 172.18.0.0/16");
+    println!(
+        "\ndocker_gwbridge (icc = false, masquerade): every container has eth1 on its node's bridge 172.18.0.0/16"
+    );
     let gw = |ep: &str| -> Result<String> {
         let out = c.container(ep).sh("ip -4 -o addr show eth1")?;
         Ok(out.split_whitespace().nth(3).and_then(|a| a.split('/').next()).unwrap_or("?").to_string())
