@@ -242,7 +242,13 @@ pub fn unsnat_tc(ctx: &TcContext) -> i64 {
     if ensure_linear(ctx, NEED_LINEAR).is_err() {
         return NOT_OURS;
     }
-    let Some(r) = reply_of(&Packet::new(ctx.data(), ctx.data_end()), node_ip) else { return NOT_OURS };
+    let Some(r) = reply_of(&Packet::new(ctx.data(), ctx.data_end()), node_ip) else {
+        if ensure_linear(ctx, ICMP_ERR_LEN).is_err() {
+            return NOT_OURS;
+        }
+        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), node_ip);
+        return if port < 0 { port } else { unsafe { bpf_redirect_peer(port as u32, 0) } };
+    };
     let done = lb::rewrite_addr_tc(ctx, ETH_LEN + 16, r.dst, r.ct.nat_ip, r.proto)
         .and_then(|_| mesh::rewrite_port_tc(ctx, L4 + 2, r.proto, r.dport, r.ct.nat_port))
         .and_then(|_| dec_ttl_tc(ctx, r.ttl))
@@ -261,7 +267,10 @@ pub fn unsnat_xdp(ctx: &XdpContext) -> i64 {
     // the compiler kept across a call and widened afterwards.
     let Some(node_ip) = masquerading() else { return NOT_OURS };
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let Some(r) = reply_of(&pkt, node_ip) else { return NOT_OURS };
+    let Some(r) = reply_of(&pkt, node_ip) else {
+        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), node_ip);
+        return if port < 0 { port } else { unsafe { bpf_redirect(port as u32, 0) } };
+    };
     let Some(ip) = pkt.at::<[u8; IPV4_LEN]>(ETH_LEN) else { return NOT_OURS };
     // SAFETY: bounds-checked above.
     let ip = unsafe { &mut *ip };
@@ -285,6 +294,80 @@ pub fn unsnat_xdp(ctx: &XdpContext) -> i64 {
     }
     stats::fwd(FwdCounter::GwUnsnat);
     unsafe { bpf_redirect(r.ct.backend, 0) }
+}
+
+/// Ethernet, IPv4, ICMP, the quoted IPv4 header and the quoted ports and UDP checksum.
+const ICMP_ERR_LEN: usize = ETH_LEN + IPV4_LEN + 8 + IPV4_LEN + 8;
+const Q: usize = ETH_LEN + IPV4_LEN + 8;
+
+/// An ICMP error (destination unreachable, time exceeded: "fragmentation needed" among them)
+/// about a masqueraded flow, sent to the node: rewritten in place for the container (outer
+/// destination, the quoted packet's source address and port, every checksum), so path MTU
+/// discovery and port-unreachable work through the masquerade. The container's port ifindex
+/// (the frame is ready to send there), or NOT_OURS. Out of line: its own stack frame.
+#[inline(never)]
+fn icmp_error_in_place(start: usize, end: usize, node_ip: u32) -> i64 {
+    let pkt = Packet::new(start, end);
+    let Some(f) = pkt.at::<[u8; ICMP_ERR_LEN]>(0) else { return NOT_OURS };
+    // SAFETY: bounds-checked above.
+    let f = unsafe { &mut *f };
+    let word = |at: usize| u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    let frags = u16::from_be_bytes([f[20], f[21]]);
+    let qproto = f[Q + 9];
+    if [f[12], f[13]] != [0x08, 0x00]
+        || f[14] != 0x45
+        || f[23] != IPPROTO_ICMP
+        || frags & (IP_MF | IP_OFFSET) != 0
+        || word(30) != node_ip
+        || (f[34] != 3 && f[34] != 11)
+        || f[Q] != 0x45
+        || (qproto != IPPROTO_TCP && qproto != IPPROTO_UDP)
+        || word(Q + 12) != node_ip
+        || f[22] <= 1
+    {
+        return NOT_OURS;
+    }
+    let (qsport, qdport) = (u16::from_ne_bytes([f[Q + 20], f[Q + 21]]), u16::from_ne_bytes([f[Q + 22], f[Q + 23]]));
+    let key = CtKey { src: word(Q + 16), dst: node_ip, sport: qdport, dport: qsport, proto: qproto, _pad: [0; 3] };
+    let Some(ct) = (unsafe { OV_CT.get(&key) }) else { return NOT_OURS };
+    if ct.flags & (CT_SNAT | CT_REPLY) != CT_SNAT | CT_REPLY {
+        return NOT_OURS;
+    }
+    let (to, to_port, port, macs) = (ct.nat_ip, ct.nat_port, ct.backend, ct.macs);
+    // Outer IPv4: destination and TTL.
+    let mut c = u16::from_ne_bytes([f[24], f[25]]);
+    c = csum_replace4(c, node_ip, to);
+    let old = u16::from_ne_bytes([f[22], f[23]]);
+    f[22] -= 1;
+    c = csum_replace2(c, old, u16::from_ne_bytes([f[22], f[23]]));
+    f[24..26].copy_from_slice(&c.to_ne_bytes());
+    f[30..34].copy_from_slice(&to.to_ne_bytes());
+    // The quoted packet: its source, its header checksum, its source port, a UDP checksum; the
+    // ICMP checksum covers them all.
+    let mut icmp = u16::from_ne_bytes([f[36], f[37]]);
+    let qc_old = u16::from_ne_bytes([f[Q + 10], f[Q + 11]]);
+    let qc = csum_replace4(qc_old, node_ip, to);
+    f[Q + 10..Q + 12].copy_from_slice(&qc.to_ne_bytes());
+    f[Q + 12..Q + 16].copy_from_slice(&to.to_ne_bytes());
+    f[Q + 20..Q + 22].copy_from_slice(&to_port.to_ne_bytes());
+    icmp = csum_replace4(icmp, node_ip, to);
+    icmp = csum_replace2(icmp, qc_old, qc);
+    icmp = csum_replace2(icmp, qsport, to_port);
+    if qproto == IPPROTO_UDP {
+        let uc_old = u16::from_ne_bytes([f[Q + 26], f[Q + 27]]);
+        if uc_old != 0 {
+            let mut uc = csum_replace2(csum_replace4(uc_old, node_ip, to), qsport, to_port);
+            if uc == 0 {
+                uc = 0xffff;
+            }
+            f[Q + 26..Q + 28].copy_from_slice(&uc.to_ne_bytes());
+            icmp = csum_replace2(icmp, uc_old, uc);
+        }
+    }
+    f[36..38].copy_from_slice(&icmp.to_ne_bytes());
+    f[0..12].copy_from_slice(&macs);
+    stats::fwd(FwdCounter::GwUnsnat);
+    port as i64
 }
 
 /// The node's address when masquerade is on; `None`: no flow can be ours.

@@ -278,3 +278,39 @@ fn a_flow_whose_forward_entry_was_evicted_gets_its_port_back() {
     let (_, again, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_ACK));
     assert_eq!(port_of(&again), sport);
 }
+
+/// "Fragmentation needed" from a router about the masqueraded packet `sent` (as it left the
+/// node): the ICMP error quotes its IPv4 header and first 8 bytes.
+fn frag_needed_about(sent: &[u8], router: [u8; 4]) -> Vec<u8> {
+    let quoted = &sent[14..14 + 28];
+    ip_frame(NODE_MAC, PEER_MAC, router, NODE_IP, 1, &icmp(3, 4, [0, 0, 0x05, 0x00], quoted))
+}
+
+#[test]
+fn icmp_errors_about_a_masqueraded_flow_reach_its_container() {
+    for xdp in [false, true] {
+        let (mut bed, port) = gw_bed(GW_MASQUERADE);
+        let (_, sent, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+        let err = frag_needed_about(&sent, [192, 168, 50, 1]);
+        let (v, back, m) = run(&mut bed, port, if xdp { Hook::Xdp } else { Hook::Tc }, &err);
+        assert_eq!(v, if xdp { XDP_REDIRECT } else { TC_ACT_REDIRECT });
+        assert_eq!(m, one(FwdCounter::GwUnsnat));
+        assert_eq!(&back[0..6], &GW_MAC);
+        assert_eq!(&back[30..34], &GW_IP, "to the container");
+        assert_eq!(back[22], 63, "TTL decremented");
+        assert_eq!(csum(&back[14..34]), 0, "outer IPv4 checksum");
+        assert_eq!(csum(&back[34..]), 0, "ICMP checksum");
+        let q = &back[42..];
+        assert_eq!(&q[12..16], &GW_IP, "the quoted packet is the container's own again");
+        assert_eq!(u16::from_be_bytes([q[20], q[21]]), CPORT);
+        assert_eq!(csum(&q[..20]), 0, "quoted IPv4 checksum");
+        assert_eq!(&back[38..42], &[0, 0, 0x05, 0x00], "the MTU kept");
+        // About a flow nobody masqueraded: not ours.
+        let mut stray = sent.clone();
+        stray[34..36].copy_from_slice(&(port_of(&sent) ^ 1).to_be_bytes());
+        let err = frag_needed_about(&stray, [192, 168, 50, 1]);
+        let (v, o, m) = run(&mut bed, port, if xdp { Hook::Xdp } else { Hook::Tc }, &err);
+        assert_eq!((v, m), (if xdp { XDP_PASS } else { TC_ACT_OK }, one(FwdCounter::PassHost)));
+        assert_eq!(o, err);
+    }
+}
