@@ -47,7 +47,7 @@ pub fn from_gwbridge(ctx: &TcContext) -> Result<i32, DropReason> {
     let icc = gw.flags & GW_ICC != 0;
     let to_bridge = eth.dst_addr == gw.bridge_mac;
     match u16::from_be(eth.ether_type) {
-        ETH_P_ARP => arp(&pkt, &gw, iface.ip, icc, to_bridge),
+        ETH_P_ARP => arp(&pkt, &gw, iface.ip, iface.mac, icc, eth.dst_addr),
         ETH_P_IP => ipv4(ctx, &pkt, &gw, iface.ip, ifindex, icc, to_bridge),
         // The gwbridge carries IPv4 only (IPv6 is off on the container's interface).
         _ => Err(DropReason::NotIpv4),
@@ -55,10 +55,15 @@ pub fn from_gwbridge(ctx: &TcContext) -> Result<i32, DropReason> {
 }
 
 #[inline(always)]
-fn arp(pkt: &Packet, gw: &GwConfig, own: u32, icc: bool, to_bridge: bool) -> Result<i32, DropReason> {
+fn arp(pkt: &Packet, gw: &GwConfig, own: u32, mac: [u8; 6], icc: bool, dst: [u8; 6]) -> Result<i32, DropReason> {
+    let (to_bridge, broadcast) = (dst == gw.bridge_mac, dst == [0xff; 6]);
     let a: *const ArpBody = pkt.at(ETH_LEN).ok_or(DropReason::Truncated)?;
     // SAFETY: bounds-checked above.
     let a = unsafe { &*a };
+    // The node's neighbour entry for the container would point at another container's MAC.
+    if a.sha != mac {
+        return Err(DropReason::SpoofedMac);
+    }
     if u32::from_ne_bytes(a.spa) != own {
         return Err(DropReason::SpoofedSource);
     }
@@ -66,7 +71,8 @@ fn arp(pkt: &Packet, gw: &GwConfig, own: u32, icc: bool, to_bridge: bool) -> Res
         return Ok(TC_ACT_OK);
     }
     match be16(a.op) {
-        ARP_REQUEST if u32::from_ne_bytes(a.tpa) == gw.gateway => Ok(TC_ACT_OK),
+        // Broadcast, or unicast to the bridge (a neighbour probe), never to another container.
+        ARP_REQUEST if u32::from_ne_bytes(a.tpa) == gw.gateway && (to_bridge || broadcast) => Ok(TC_ACT_OK),
         // Answers to the node (which asks before sending a container outside replies).
         ARP_REPLY if to_bridge => Ok(TC_ACT_OK),
         ARP_REQUEST | ARP_REPLY => Err(DropReason::IccBlocked),

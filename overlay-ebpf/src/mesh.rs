@@ -775,8 +775,11 @@ fn gw_reply(ctx: &TcContext, src: u32, dst: u32, proto: u8) -> Result<Option<i32
     let pkt = Packet::new(ctx.data(), ctx.data_end());
     let ports: [u16; 2] = lb::read(&pkt, L4)?;
     let key = CtKey { src, dst, sport: ports[0], dport: ports[1], proto, _pad: [0; 3] };
-    if unsafe { OV_CT.get(&key) }.is_none() {
-        return Ok(None);
+    // Only a mesh reply entry makes it ours: the same 5-tuple may be the container's own
+    // masqueraded flow (CT_SNAT), which goes on to nat.rs.
+    match unsafe { OV_CT.get(&key) } {
+        Some(e) if e.flags & (CT_MESH | CT_REPLY) == CT_MESH | CT_REPLY => {}
+        _ => return Ok(None),
     }
     let ct = reply_entry(&pkt, &key)?;
     if ct.peer != cfg.node_ip {
