@@ -173,7 +173,7 @@ fn gwbridge(c: &mut Cluster) -> Result<u32> {
                 println!(
                     "  20 connections {ep} ({node}) -> {CLIENT} (outside): the outside saw {} ({})",
                     seen.join(", "),
-                    if ok { "the node's address: masqueraded" } else { "FAIL" }
+                    if ok { "the node's address: masqueraded in eBPF, gw-snat" } else { "FAIL" }
                 );
             }
             Err(e) => {
