@@ -65,6 +65,11 @@ fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<
     if ttl <= 1 {
         return Ok(None);
     }
+    // Reads are bounded by the IPv4 length, not the frame: the L4 header must be inside it.
+    let tot_len = u16::from_be(lb::read::<u16>(&pkt, ETH_LEN + 2)?) as usize;
+    if tot_len < l4_min(proto) || ETH_LEN + tot_len > ctx.len() as usize {
+        return Err(DropReason::BadLength);
+    }
     let ports: [u16; 2] = lb::read(&pkt, L4)?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP { lb::read(&pkt, L4 + 13)? } else { 0 };
     // Only what the node sends out of the underlay is ours (it leaves with the node's address).
@@ -119,6 +124,12 @@ fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<
     }
     // The kernel resolves the next hop and sends.
     Ok(Some(unsafe { bpf_redirect_neigh(fib.ifindex, ptr::null_mut(), 0, 0) } as i32))
+}
+
+/// The shortest IPv4 packet that holds a whole `proto` header (TCP without options, UDP).
+#[inline(always)]
+fn l4_min(proto: u8) -> usize {
+    IPV4_LEN + if proto == IPPROTO_TCP { 20 } else { UDP_LEN }
 }
 
 /// A new masqueraded flow: a free port towards this peer, both entries written (the reply's
@@ -198,7 +209,7 @@ struct Reply {
 /// Is this underlay packet a reply to a masqueraded flow? Only TCP/UDP to the node's address on
 /// a SNAT port, without options or fragments, with a conntrack reply entry.
 #[inline(always)]
-fn reply_of(pkt: &Packet, node_ip: u32) -> Option<Reply> {
+fn reply_of(pkt: &Packet, frame_len: usize, node_ip: u32) -> Option<Reply> {
     // One read, one bounds check: Ethernet type, IPv4 header, ports.
     let f: [u8; ETH_LEN + IPV4_LEN + 4] = lb::read(pkt, 0).ok()?;
     let eth_type = [f[12], f[13]];
@@ -211,6 +222,11 @@ fn reply_of(pkt: &Packet, node_ip: u32) -> Option<Reply> {
         || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
         || frags & (IP_MF | IP_OFFSET) != 0
     {
+        return None;
+    }
+    // Bounded by the IPv4 length, not the frame (whose trailer a sender controls).
+    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if tot_len < l4_min(proto) || ETH_LEN + tot_len > frame_len {
         return None;
     }
     let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
@@ -242,11 +258,11 @@ pub fn unsnat_tc(ctx: &TcContext) -> i64 {
     if ensure_linear(ctx, NEED_LINEAR).is_err() {
         return NOT_OURS;
     }
-    let Some(r) = reply_of(&Packet::new(ctx.data(), ctx.data_end()), node_ip) else {
+    let Some(r) = reply_of(&Packet::new(ctx.data(), ctx.data_end()), ctx.len() as usize, node_ip) else {
         if ensure_linear(ctx, ICMP_ERR_LEN).is_err() {
             return NOT_OURS;
         }
-        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), node_ip);
+        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), ctx.len() as usize, node_ip);
         return if port < 0 { port } else { unsafe { bpf_redirect_peer(port as u32, 0) } };
     };
     let done = lb::rewrite_addr_tc(ctx, ETH_LEN + 16, r.dst, r.ct.nat_ip, r.proto)
@@ -267,8 +283,8 @@ pub fn unsnat_xdp(ctx: &XdpContext) -> i64 {
     // the compiler kept across a call and widened afterwards.
     let Some(node_ip) = masquerading() else { return NOT_OURS };
     let pkt = Packet::new(ctx.data(), ctx.data_end());
-    let Some(r) = reply_of(&pkt, node_ip) else {
-        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), node_ip);
+    let Some(r) = reply_of(&pkt, pkt.len(), node_ip) else {
+        let port = icmp_error_in_place(ctx.data(), ctx.data_end(), pkt.len(), node_ip);
         return if port < 0 { port } else { unsafe { bpf_redirect(port as u32, 0) } };
     };
     let Some(ip) = pkt.at::<[u8; IPV4_LEN]>(ETH_LEN) else { return NOT_OURS };
@@ -306,7 +322,7 @@ const Q: usize = ETH_LEN + IPV4_LEN + 8;
 /// discovery and port-unreachable work through the masquerade. The container's port ifindex
 /// (the frame is ready to send there), or NOT_OURS. Out of line: its own stack frame.
 #[inline(never)]
-fn icmp_error_in_place(start: usize, end: usize, node_ip: u32) -> i64 {
+fn icmp_error_in_place(start: usize, end: usize, frame_len: usize, node_ip: u32) -> i64 {
     let pkt = Packet::new(start, end);
     let Some(f) = pkt.at::<[u8; ICMP_ERR_LEN]>(0) else { return NOT_OURS };
     // SAFETY: bounds-checked above.
@@ -314,7 +330,10 @@ fn icmp_error_in_place(start: usize, end: usize, node_ip: u32) -> i64 {
     let word = |at: usize| u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
     let frags = u16::from_be_bytes([f[20], f[21]]);
     let qproto = f[Q + 9];
+    let tot_len = u16::from_be_bytes([f[16], f[17]]) as usize;
     if [f[12], f[13]] != [0x08, 0x00]
+        || tot_len < ICMP_ERR_LEN - ETH_LEN
+        || ETH_LEN + tot_len > frame_len
         || f[14] != 0x45
         || f[23] != IPPROTO_ICMP
         || frags & (IP_MF | IP_OFFSET) != 0

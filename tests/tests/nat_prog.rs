@@ -314,3 +314,36 @@ fn icmp_errors_about_a_masqueraded_flow_reach_its_container() {
         assert_eq!(o, err);
     }
 }
+
+/// `f` with its IPv4 total length set to `tot` (header checksum fixed): what follows is then
+/// trailer, not packet.
+fn with_tot_len(mut f: Vec<u8>, tot: u16) -> Vec<u8> {
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn reads_are_bounded_by_the_ipv4_length() {
+    let (mut bed, port) = gw_bed(GW_MASQUERADE);
+    // From the container: ports only in the trailer.
+    let (v, _, m) = run(&mut bed, port, Hook::Gw, &with_tot_len(out_tcp(TCP_SYN), 20));
+    assert_eq!((v, m), (TC_ACT_SHOT, vec![(format!("drop:{}", DropReason::BadLength.name()), 1)]));
+    assert!(bed.conntrack().is_empty());
+    // A real flow, then a "reply" whose ports are trailer: not ours, passed untouched.
+    let (_, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+    for hook in [Hook::Tc, Hook::Xdp] {
+        let xdp = matches!(hook, Hook::Xdp);
+        let f = with_tot_len(in_tcp(port_of(&out)), 24);
+        let (v, o, m) = run(&mut bed, port, hook, &f);
+        assert_eq!((v, m), (if xdp { XDP_PASS } else { TC_ACT_OK }, one(FwdCounter::PassHost)));
+        assert_eq!(o, f);
+        // An ICMP error whose quoted packet lies past its IPv4 length: not ours either.
+        let err = with_tot_len(frag_needed_about(&out, [192, 168, 50, 1]), 40);
+        let (v, o, m) = run(&mut bed, port, if xdp { Hook::Xdp } else { Hook::Tc }, &err);
+        assert_eq!((v, m), (if xdp { XDP_PASS } else { TC_ACT_OK }, one(FwdCounter::PassHost)));
+        assert_eq!(o, err);
+    }
+}
