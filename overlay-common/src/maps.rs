@@ -306,6 +306,9 @@ pub const CT_MESH: u32 = 4;
 /// `nat_ip`/`nat_port` are the container's gwbridge address and port, `backend` the ifindex of
 /// its gwbridge port, `macs` the Ethernet header into the container.
 pub const CT_SNAT: u32 = 8;
+/// With `CT_SNAT` on a forward entry: the flow found every port it tried taken when it began, so
+/// it takes the kernel path (nftables masquerade) for its whole life; nothing is rewritten.
+pub const CT_KERNEL: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -113,8 +113,6 @@ counters! {
         /// bridge (an address of the bridge's subnet other than the gateway, a MAC other than
         /// the bridge's, ARP for anything but the gateway).
         IccBlocked = 34, "icc-blocked";
-        /// docker_gwbridge masquerade: every SNAT port tried for a new flow to this peer was taken.
-        SnatNoPort = 35, "snat-no-port";
     }
 }
 
@@ -172,6 +170,9 @@ counters! {
         GwSnat = 23, "gw-snat";
         /// A reply to a masqueraded flow, translated back and delivered into its container.
         GwUnsnat = 24, "gw-unsnat";
+        /// A new flow to the outside found every SNAT port it tried taken (busy peer): it takes the
+        /// kernel path (nftables masquerade) for its whole life.
+        GwSnatFull = 25, "gw-snat-full";
     }
 }
 
@@ -181,8 +182,8 @@ mod tests {
 
     #[test]
     fn the_tables_are_consistent() {
-        assert_eq!(DropReason::COUNT, 36);
-        assert_eq!(DropReason::ALL.len(), 35);
+        assert_eq!(DropReason::COUNT, 35);
+        assert_eq!(DropReason::ALL.len(), 34);
         assert_eq!(FwdCounter::COUNT as usize, FwdCounter::ALL.len());
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "drop reasons are dense from 1 (0 is reserved)");

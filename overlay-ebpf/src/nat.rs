@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use overlay_common::{
-    maps::{CtEntry, CtKey, CT_CLOSING, CT_REPLY, CT_SNAT, GW_MASQUERADE, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    maps::{CtEntry, CtKey, CT_CLOSING, CT_KERNEL, CT_REPLY, CT_SNAT, GW_MASQUERADE, SNAT_PORT_MAX, SNAT_PORT_MIN},
     stats::{DropReason, FwdCounter},
     vxlan::flow_hash,
 };
@@ -36,9 +36,16 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const SNAT_RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-/// Ports tried for a new flow before it is refused (`snat-no-port`): each try is one conntrack
-/// insert; with the range 4,536 ports wide per peer, eight collisions in a row mean it is full.
-const TRIES: u32 = 8;
+/// Ports tried for a new flow before it is handed to the kernel path (`gw-snat-full`): each try
+/// is one conntrack lookup or insert; with the range 4,536 ports wide per peer, sixteen
+/// collisions in a row mean it is nearly full.
+const TRIES: u32 = 16;
+/// A closed flow's port (FIN or RST seen) is given to a new flow to the same peer once the old
+/// one has been idle this long: late segments are over by then, and a flow still sending
+/// (half-closed) refreshes its entry at least every REFRESH_NS, so it never looks this idle.
+const REUSE_CLOSED_NS: u64 = 3 * REFRESH_NS;
+/// `new_flow`'s answer when every port tried was taken.
+const FULL: i64 = -0x1_0000;
 /// Ethernet + IPv4 + the TCP header up to its flags.
 const NEED_LINEAR: usize = L4 + 14;
 
@@ -101,13 +108,21 @@ fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<
             if t.wrapping_sub((*ct).last_seen) > REFRESH_NS {
                 (*ct).last_seen = t;
             }
+            if (*ct).flags & CT_KERNEL != 0 {
+                return Ok(None);
+            }
             if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 (*ct).flags |= CT_CLOSING;
+                close_reply(dst, cfg.node_ip, ports[1], (*ct).nat_port, proto);
             }
             (*ct).nat_port
         },
         _ => {
             let p = new_flow(&key, cfg.node_ip, ifindex);
+            if p == FULL {
+                stats::fwd(FwdCounter::GwSnatFull);
+                return Ok(None);
+            }
             if p < 0 {
                 return Err(mesh::reason_of(p));
             }
@@ -132,9 +147,22 @@ fn l4_min(proto: u8) -> usize {
     IPV4_LEN + if proto == IPPROTO_TCP { 20 } else { UDP_LEN }
 }
 
+/// Mark the reply entry of a closing flow (it decides when the port may serve another flow).
+#[inline(never)]
+fn close_reply(peer: u32, node_ip: u32, peer_port: u16, nat_port: u16, proto: u8) -> i64 {
+    let rk = CtKey { src: peer, dst: node_ip, sport: peer_port, dport: nat_port, proto, _pad: [0; 3] };
+    if let Some(r) = OV_CT.get_ptr_mut(&rk) {
+        // SAFETY: a map value.
+        unsafe { (*r).flags |= CT_CLOSING };
+    }
+    0
+}
+
 /// A new masqueraded flow: a free port towards this peer, both entries written (the reply's
-/// first, with BPF_NOEXIST: it is what owns the port). The port (network order), or
-/// `-(reason)`.
+/// first, with BPF_NOEXIST: it is what owns the port). A port whose flow closed and has been
+/// idle `REUSE_CLOSED_NS` is free again. The port (network order), `FULL`, or `-(reason)`;
+/// when every port tried is taken, the flow is marked for the kernel path (`CT_KERNEL`) so all
+/// its packets take it.
 #[inline(never)]
 fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
     let (Some(iface), Some(gw)) = (unsafe { OV_LOCAL_IFACES.get(&ifindex) }, OV_GWBRIDGE.get(0)) else {
@@ -163,7 +191,12 @@ fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
         let mine = match unsafe { OV_CT.get(&rk) } {
             None => OV_CT.insert(&rk, &e, BPF_NOEXIST as u64).is_ok(),
             // The flow's own reply entry, outliving its forward entry (LRU): same port again.
-            Some(r) => r.flags & CT_SNAT != 0 && r.nat_ip == key.src && r.nat_port == key.sport,
+            Some(r) if r.flags & CT_SNAT != 0 && r.nat_ip == key.src && r.nat_port == key.sport => true,
+            // A closed flow's, idle long enough: the port is free.
+            Some(r) if r.flags & CT_CLOSING != 0 && t.wrapping_sub(r.last_seen) > REUSE_CLOSED_NS => {
+                OV_CT.insert(&rk, &e, 0).is_ok()
+            }
+            Some(_) => false,
         };
         if mine {
             e.nat_ip = node_ip;
@@ -178,7 +211,15 @@ fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
         }
         i += 1;
     }
-    -(DropReason::SnatNoPort as i64)
+    // Every port tried is taken: the kernel path (nftables masquerade) for the whole flow.
+    e.nat_ip = 0;
+    e.flags = CT_SNAT | CT_KERNEL;
+    e.nat_port = 0;
+    e.macs = [0; 12];
+    if OV_CT.insert(key, &e, 0).is_err() {
+        return -(DropReason::ConntrackFull as i64);
+    }
+    FULL
 }
 
 /// TTL - 1 and the IPv4 checksum with it (the TTL shares a 16-bit word with the protocol).
@@ -246,6 +287,9 @@ fn reply_of(pkt: &Packet, frame_len: usize, node_ip: u32) -> Option<Reply> {
     let t = lb::now();
     if t.wrapping_sub(ct.last_seen) > REFRESH_NS {
         ct.last_seen = t;
+    }
+    if proto == IPPROTO_TCP && lb::read::<u8>(pkt, L4 + 13).is_ok_and(|f| f & (TCP_FIN | TCP_RST) != 0) {
+        ct.flags |= CT_CLOSING;
     }
     Some(Reply { dst, dport, proto, ttl: h[8], ct: *ct })
 }

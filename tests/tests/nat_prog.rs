@@ -229,7 +229,7 @@ fn what_ebpf_does_not_masquerade_goes_to_the_kernel() {
 fn tried(sport: u16, dport: u16) -> Vec<u16> {
     let h = flow_hash(k(GW_IP), k(OUTSIDE), 6, (sport.to_be() as u32) | (dport.to_be() as u32) << 16);
     let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-    (0..8u32).map(|i| (SNAT_PORT_MIN as u32 + h.wrapping_add(i.wrapping_mul(2_654_435_761)) % range) as u16).collect()
+    (0..16u32).map(|i| (SNAT_PORT_MIN as u32 + h.wrapping_add(i.wrapping_mul(2_654_435_761)) % range) as u16).collect()
 }
 
 fn foreign(port: u16) -> (CtKey, CtEntry) {
@@ -249,7 +249,7 @@ fn foreign(port: u16) -> (CtKey, CtEntry) {
 }
 
 #[test]
-fn a_taken_port_is_skipped_and_a_full_range_is_a_counted_drop() {
+fn a_taken_port_is_skipped_and_a_full_range_hands_the_flow_to_the_kernel() {
     let (mut bed, port) = gw_bed(GW_MASQUERADE);
     let ports = tried(CPORT, 80);
     let (key, e) = foreign(ports[0]);
@@ -257,13 +257,44 @@ fn a_taken_port_is_skipped_and_a_full_range_is_a_counted_drop() {
     let (_, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
     assert_eq!(port_of(&out), ports[1], "the first port is another flow's: the next one");
 
+    // Every port tried is another live flow's: the kernel path, for this packet and the flow's
+    // next ones (never a port switched mid-flow).
     let (mut bed, port) = gw_bed(GW_MASQUERADE);
     for p in &ports {
         let (key, e) = foreign(*p);
         bed.put_conntrack(key, e);
     }
-    let (v, _, m) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
-    assert_eq!((v, m), (TC_ACT_SHOT, vec![(format!("drop:{}", DropReason::SnatNoPort.name()), 1)]));
+    let syn = out_tcp(TCP_SYN);
+    let (v, out, m) = run(&mut bed, port, Hook::Gw, &syn);
+    let both = vec![(FwdCounter::GwOut.name().to_string(), 1), (FwdCounter::GwSnatFull.name().to_string(), 1)];
+    assert_eq!((v, m), (TC_ACT_OK, both), "handed to the node (gw-out), because the range was full");
+    assert_eq!(out, syn, "untouched: nftables masquerades it");
+    let (key, _) = foreign(ports[0]);
+    bed.remove_conntrack(&key);
+    let ack = out_tcp(TCP_ACK);
+    let (v, out, m) = run(&mut bed, port, Hook::Gw, &ack);
+    assert_eq!(
+        (v, m),
+        (TC_ACT_OK, one(FwdCounter::GwOut)),
+        "a port is free now, yet the flow stays on the kernel path"
+    );
+    assert_eq!(out, ack);
+}
+
+#[test]
+fn a_closed_flows_port_is_reused_once_idle() {
+    let ports = tried(CPORT, 80);
+    for (flags, idle, reused) in [(CT_CLOSING, true, true), (CT_CLOSING, false, false), (0, true, false)] {
+        let (mut bed, port) = gw_bed(GW_MASQUERADE);
+        let (key, mut e) = foreign(ports[0]);
+        e.flags |= flags;
+        // last_seen 0 is long ago (the clock counts from boot); now is not.
+        e.last_seen = if idle { 0 } else { overlay::datapath::now_ns() };
+        bed.put_conntrack(key, e);
+        let (_, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+        let want = if reused { ports[0] } else { ports[1] };
+        assert_eq!(port_of(&out), want, "closing {} idle {idle}", flags != 0);
+    }
 }
 
 #[test]

@@ -24,7 +24,9 @@ use overlay_common::maps::*;
 
 pub use contents::{desired_contents, network_mtu};
 pub use counters::Counters;
-pub use lbview::{flows_from_pins, flush_conntrack_pins, lb_stats_from_pins, port_stats_from_pins, TrackedFlow};
+pub use lbview::{
+    flows_from_pins, flush_conntrack_pins, lb_stats_from_pins, now_ns, port_stats_from_pins, TrackedFlow,
+};
 pub use maps::Contents;
 pub use nexthops::{resolve as resolve_nexthops, unresolved as unresolved_nexthops, Neighbour, Route};
 pub use pins::check_bpffs;
