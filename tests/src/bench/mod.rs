@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod cpu;
+pub mod gwbridge;
 pub mod mesh;
 pub mod overlay;
 pub mod progrun;

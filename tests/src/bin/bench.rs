@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use overlay_tests::{
-    bench::{control, mesh, out_dir, overlay, progrun, report::Report, services, Opts},
+    bench::{control, gwbridge, mesh, out_dir, overlay, progrun, report::Report, services, Opts},
     prereq,
 };
 
@@ -16,7 +16,7 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     // --flame: one flame graph per overlay datapath, from perf samples of a TCP round.
     let opts = Opts { quick, flame: args.iter().any(|a| a == "--flame") };
-    // --only NAME runs one section (per-packet, overlay, services, mesh, control-plane).
+    // --only NAME runs one section (per-packet, overlay, services, mesh, gwbridge, control-plane).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     // --render FILE: redraw the Markdown and the chart of a saved report.json.
     if let Some(f) = args.iter().position(|a| a == "--render").and_then(|i| args.get(i + 1)) {
@@ -44,11 +44,12 @@ fn main() -> Result<()> {
     );
     r.meta.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string());
     r.meta.insert("command".into(), format!("cargo xtask bench{}", if quick { " --quick" } else { "" }));
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("per-packet", progrun::run),
         ("overlay", overlay::run),
         ("services", services::run),
         ("mesh", mesh::run),
+        ("gwbridge", gwbridge::run),
         ("control-plane", control::run),
     ];
     let mut failed = Vec::new();
