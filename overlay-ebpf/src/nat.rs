@@ -27,7 +27,7 @@ use overlay_common::{
 
 use crate::{
     hdr,
-    lb::{self, csum_replace2, csum_replace4, L4, REFRESH_NS, TCP_FIN, TCP_RST},
+    lb::{self, csum_replace2, csum_replace4, L4, REFRESH_NS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::{config, OV_CT, OV_GWBRIDGE, OV_LOCAL_IFACES},
     mesh::{self, NOT_OURS},
     parse::*,
@@ -101,23 +101,42 @@ fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<
         return Ok(None);
     }
     let key = CtKey { src, dst, sport: ports[0], dport: ports[1], proto, _pad: [0; 3] };
-    let nat_port = match OV_CT.get_ptr_mut(&key) {
+    // A SYN alone opens a connection, possibly on the 5-tuple of an older, closed one.
+    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut tracked = None;
+    if let Some(ct) = OV_CT.get_ptr_mut(&key) {
         // SAFETY: a map value; concurrent updates of these fields are benign.
-        Some(ct) if unsafe { (*ct).flags } & CT_SNAT != 0 => unsafe {
+        let ct = unsafe { &mut *ct };
+        if ct.flags & CT_SNAT != 0 {
             let t = lb::now();
-            if t.wrapping_sub((*ct).last_seen) > REFRESH_NS {
-                (*ct).last_seen = t;
+            let refresh = t.wrapping_sub(ct.last_seen) > REFRESH_NS;
+            if refresh {
+                ct.last_seen = t;
             }
-            if (*ct).flags & CT_KERNEL != 0 {
+            if ct.flags & CT_KERNEL != 0 {
                 return Ok(None);
             }
-            if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                (*ct).flags |= CT_CLOSING;
-                close_reply(dst, cfg.node_ip, ports[1], (*ct).nat_port, proto);
+            if syn {
+                ct.flags &= !CT_CLOSING;
             }
-            (*ct).nat_port
-        },
-        _ => {
+            if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                ct.flags |= CT_CLOSING;
+                close_reply(dst, cfg.node_ip, ports[1], ct.nat_port, proto);
+            }
+            tracked = Some(ct.nat_port);
+            if refresh || syn {
+                let r = check_reply(&key, ct.nat_port, cfg.node_ip, ifindex, syn as u32);
+                if r == LOST {
+                    tracked = None;
+                } else if r < 0 {
+                    return Err(mesh::reason_of(r));
+                }
+            }
+        }
+    }
+    let nat_port = match tracked {
+        Some(p) => p,
+        None => {
             let p = new_flow(&key, cfg.node_ip, ifindex);
             if p == FULL {
                 stats::fwd(FwdCounter::GwSnatFull);
@@ -158,21 +177,48 @@ fn close_reply(peer: u32, node_ip: u32, peer_port: u16, nat_port: u16, proto: u8
     0
 }
 
-/// A new masqueraded flow: a free port towards this peer, both entries written (the reply's
-/// first, with BPF_NOEXIST: it is what owns the port). A port whose flow closed and has been
-/// idle `REUSE_CLOSED_NS` is free again. The port (network order), `FULL`, or `-(reason)`;
-/// when every port tried is taken, the flow is marked for the kernel path (`CT_KERNEL`) so all
-/// its packets take it.
+/// `check_reply`'s answer when the flow's port now belongs to another flow.
+const LOST: i64 = -0x2_0000;
+
+/// Once a second for a tracked flow, and on every SYN (a new connection on an older flow's
+/// 5-tuple): its reply entry must still be its own. Missing (evicted, or swept while only this
+/// direction sent): written again, and refreshed from here on. Another flow's (the port was
+/// reused after this flow closed and went idle): LOST, the flow needs a new port. A SYN clears
+/// the closing mark. 0, LOST, or `-(reason)`.
 #[inline(never)]
-fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
-    let (Some(iface), Some(gw)) = (unsafe { OV_LOCAL_IFACES.get(&ifindex) }, OV_GWBRIDGE.get(0)) else {
-        return -(DropReason::NoConfig as i64);
-    };
+fn check_reply(key: &CtKey, nat_port: u16, node_ip: u32, ifindex: u32, syn: u32) -> i64 {
+    let rk = CtKey { src: key.dst, dst: node_ip, sport: key.dport, dport: nat_port, proto: key.proto, _pad: [0; 3] };
+    let t = lb::now();
+    if let Some(r) = OV_CT.get_ptr_mut(&rk) {
+        // SAFETY: a map value; concurrent updates of these fields are benign.
+        let r = unsafe { &mut *r };
+        if r.flags & CT_SNAT == 0 || r.nat_ip != key.src || r.nat_port != key.sport {
+            return LOST;
+        }
+        r.last_seen = t;
+        if syn != 0 {
+            r.flags &= !CT_CLOSING;
+        }
+        return 0;
+    }
+    let Some(e) = reply_for(key, ifindex, t) else { return -(DropReason::NoConfig as i64) };
+    if OV_CT.insert(&rk, &e, BPF_NOEXIST as u64).is_ok() {
+        0
+    } else {
+        LOST
+    }
+}
+
+/// The reply entry of a masqueraded flow from port `ifindex`: back to the container's address
+/// and port, with the Ethernet header into it.
+#[inline(always)]
+fn reply_for(key: &CtKey, ifindex: u32, t: u64) -> Option<CtEntry> {
+    let iface = unsafe { OV_LOCAL_IFACES.get(&ifindex) }?;
+    let gw = OV_GWBRIDGE.get(0)?;
     let mut macs = [0u8; 12];
     macs[0..6].copy_from_slice(&iface.mac);
     macs[6..12].copy_from_slice(&gw.bridge_mac);
-    let t = lb::now();
-    let mut e = CtEntry {
+    Some(CtEntry {
         nat_ip: key.src,
         backend: ifindex,
         flags: CT_SNAT | CT_REPLY,
@@ -181,7 +227,18 @@ fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
         last_seen: t,
         peer: 0,
         macs,
-    };
+    })
+}
+
+/// A new masqueraded flow: a free port towards this peer, both entries written (the reply's
+/// first, with BPF_NOEXIST: it is what owns the port). A port whose flow closed and has been
+/// idle `REUSE_CLOSED_NS` is free again. The port (network order), `FULL`, or `-(reason)`;
+/// when every port tried is taken, the flow is marked for the kernel path (`CT_KERNEL`) so all
+/// its packets take it.
+#[inline(never)]
+fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
+    let t = lb::now();
+    let Some(mut e) = reply_for(key, ifindex, t) else { return -(DropReason::NoConfig as i64) };
     let h = flow_hash(key.src, key.dst, key.proto, (key.sport as u32) | (key.dport as u32) << 16);
     let mut i = 0;
     while i < TRIES {
@@ -190,8 +247,11 @@ fn new_flow(key: &CtKey, node_ip: u32, ifindex: u32) -> i64 {
         let rk = CtKey { src: key.dst, dst: node_ip, sport: key.dport, dport: port, proto: key.proto, _pad: [0; 3] };
         let mine = match unsafe { OV_CT.get(&rk) } {
             None => OV_CT.insert(&rk, &e, BPF_NOEXIST as u64).is_ok(),
-            // The flow's own reply entry, outliving its forward entry (LRU): same port again.
-            Some(r) if r.flags & CT_SNAT != 0 && r.nat_ip == key.src && r.nat_port == key.sport => true,
+            // The flow's own reply entry, outliving its forward entry (LRU), or an older
+            // connection's on the same 5-tuple: same port again, written afresh (not closing).
+            Some(r) if r.flags & CT_SNAT != 0 && r.nat_ip == key.src && r.nat_port == key.sport => {
+                OV_CT.insert(&rk, &e, 0).is_ok()
+            }
             // A closed flow's, idle long enough: the port is free.
             Some(r) if r.flags & CT_CLOSING != 0 && t.wrapping_sub(r.last_seen) > REUSE_CLOSED_NS => {
                 OV_CT.insert(&rk, &e, 0).is_ok()

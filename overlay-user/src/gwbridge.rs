@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use overlay_common::vxlan::default_mac;
+use overlay_common::{maps::SNAT_PORT_MIN, vxlan::default_mac};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -190,9 +190,13 @@ pub async fn plumb_port(
 /// (Docker's FORWARD rules; published ports reach them through the datapath, before netfilter).
 pub fn nft_rules(g: &Gwbridge) -> String {
     let (name, subnet) = (&g.name, g.subnet);
+    // Ports stay below the datapath's own masquerade range: a kernel-masqueraded flow's replies
+    // must never look like an eBPF-masqueraded flow's.
+    let (lo, hi) = (1024, SNAT_PORT_MIN - 1);
     let masquerade = if g.masquerade {
         format!(
             "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+             meta l4proto {{ tcp, udp }} ip saddr {subnet} oifname != \"{name}\" masquerade to :{lo}-{hi}\n    \
              ip saddr {subnet} oifname != \"{name}\" masquerade\n  }}\n"
         )
     } else {
@@ -289,7 +293,7 @@ mod tests {
         let mut g = g("172.18.0.0/16");
         let r = nft_rules(&g);
         assert!(r.starts_with("table ip overlay_gwbridge {}\ndelete table ip overlay_gwbridge\n"));
-        assert!(r.contains("ip saddr 172.18.0.0/16 oifname != \"docker_gwbridge\" masquerade"));
+        assert!(r.contains("ip saddr 172.18.0.0/16 oifname != \"docker_gwbridge\" masquerade to :1024-60999"));
         assert!(r.contains("oifname \"docker_gwbridge\" iifname != \"docker_gwbridge\" counter drop"));
         g.masquerade = false;
         assert!(!nft_rules(&g).contains("masquerade"));

@@ -378,3 +378,34 @@ fn reads_are_bounded_by_the_ipv4_length() {
         assert_eq!(o, err);
     }
 }
+
+#[test]
+fn a_flow_whose_port_went_to_another_flow_gets_a_new_one_and_a_lost_reply_entry_comes_back() {
+    let (mut bed, port) = gw_bed(GW_MASQUERADE);
+    let (_, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+    let first = port_of(&out);
+    let rk = |p: u16| CtKey {
+        src: k(OUTSIDE),
+        dst: k(NODE_IP),
+        sport: 80u16.to_be(),
+        dport: p.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    // Its reply entry lost (evicted): a new connection on the same 5-tuple keeps the port and
+    // the entry is written again.
+    bed.remove_conntrack(&rk(first));
+    let (_, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+    assert_eq!(port_of(&out), first);
+    let back = bed.conntrack().into_iter().find(|(k, _)| *k == rk(first)).expect("reply entry written again").1;
+    assert_eq!((back.nat_ip, u16::from_be(back.nat_port)), (k(GW_IP), CPORT));
+    // The port now another flow's (reused after this one closed): a new connection on the old
+    // 5-tuple gets another port, never the other flow's replies.
+    let (key, e) = foreign(first);
+    bed.put_conntrack(key, e);
+    let (v, out, _) = run(&mut bed, port, Hook::Gw, &out_tcp(TCP_SYN));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_ne!(port_of(&out), first, "the other flow's port");
+    let owner = bed.conntrack().into_iter().find(|(k, _)| *k == rk(first)).unwrap().1;
+    assert_eq!(owner.nat_ip, k([172, 18, 0, 9]), "the other flow keeps it");
+}
