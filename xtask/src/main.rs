@@ -44,7 +44,7 @@ enum Cmd {
         /// A short run (under two minutes) that proves the harness works.
         #[arg(long)]
         quick: bool,
-        /// Run one section only: per-packet, overlay or control-plane.
+        /// Run one section only: per-packet, overlay, services, mesh, gwbridge or control-plane.
         #[arg(long)]
         only: Option<String>,
         /// Also write one flame graph per overlay datapath (perf samples of a TCP round).
