@@ -220,6 +220,29 @@ pub fn nft_remove() -> Result<()> {
     nft(&["-f", "-"], Some(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")))
 }
 
+/// Packets the table's forward chain dropped (new connections from outside into the bridge):
+/// netfilter's drops, shown beside the datapath's. `None`: no table.
+pub fn nft_inbound_dropped() -> Result<Option<u64>> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "ip", NFT_TABLE])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| anyhow!("running nft: {e}"))?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading nft's JSON")?;
+    let packets = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .filter(|expr| expr.iter().any(|e| e.get("drop").is_some()))
+        .flat_map(|expr| expr.iter().filter_map(|e| e["counter"]["packets"].as_u64()))
+        .sum();
+    Ok(Some(packets))
+}
+
 fn nft(args: &[&str], input: Option<&str>) -> Result<()> {
     let mut child = Command::new("nft")
         .args(args)

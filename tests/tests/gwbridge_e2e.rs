@@ -250,6 +250,10 @@ fn containers_reach_the_outside_with_their_nodes_address() {
     let r = tcp_once(ext, "172.18.0.2", PORT);
     assert!(r.is_err(), "the outside opened a connection to web.1's gwbridge address: {r:?}");
     assert!(s["web.1"].peers().is_empty(), "web.1 was reached from outside: {:?}", s["web.1"].peers());
+    // Netfilter's drop, shown by `overlay stats` beside the datapath's.
+    let st = c.stats("node-a").unwrap();
+    assert!(st["gwbridge"]["inbound_dropped"].as_u64().unwrap_or(0) > 0, "the inbound drop is not shown: {st}");
+    assert_eq!(st["gwbridge"]["ports"].as_object().map(|p| p.len()), Some(2), "node-a's two containers: {st}");
 }
 
 /// 3. icc in the state file takes effect live: true lets web.1 reach web.2 on the bridge
