@@ -569,3 +569,40 @@ fn removing_the_gwbridge_table_turns_it_off() {
     );
     assert!(ping(c.container("web.1"), OUTSIDE_IP), "web.1 -> outside with the gwbridge back");
 }
+
+/// 10. The same masquerade with XDP on the underlay (replies and ICMP errors translated by the
+///     XDP program): TCP, UDP, 4 MB echoed, and a refusal, from both nodes. As in the other XDP
+///     tests, senders fill in their checksums (a veth hands XDP a checksum left to offload).
+#[test]
+fn the_masquerade_works_with_xdp_on_the_underlay() {
+    let mut s = spec(false);
+    s.decap = Some("xdp".into());
+    let mut c = Cluster::up(s).unwrap();
+    c.add_external(OUTSIDE, OUTSIDE_IP).unwrap();
+    c.underlay_accepts_xdp_tx().unwrap();
+    assert_eq!(c.record("node-a").and_then(|r| r.decap), Some(overlay::datapath::DecapMode::Xdp));
+    for ns in c.containers.values() {
+        ns.sh("ethtool -K eth1 tx off >/dev/null").unwrap();
+    }
+    let outside = PeerServer::start(&c.external(OUTSIDE).ns, OUTSIDE, OUTSIDE_PORT).unwrap();
+    let f = std::fs::File::create(c.logs.join("outside-serve.log")).unwrap();
+    let serve = format!("{} serve 5001", overlay_tests::tcpx_bin().display());
+    let _echo = overlay_tests::Proc(overlay_tests::spawn_in(&c.external(OUTSIDE).ns.name, &serve, f).unwrap());
+    let before = [counters(&c, "node-a"), counters(&c, "node-b")];
+    for (ep, node_ip) in [("web.1", NODE_A_IP), ("web.3", NODE_B_IP)] {
+        let w = c.container(ep);
+        let want = format!("{OUTSIDE}@{node_ip}");
+        assert_eq!(tcp_once(w, OUTSIDE_IP, OUTSIDE_PORT), Ok(want.clone()), "{ep}: TCP to the outside");
+        assert_eq!(udp_once(w, OUTSIDE_IP, OUTSIDE_PORT), Ok(want), "{ep}: UDP to the outside");
+        let send = format!("timeout 30 {} send {OUTSIDE_IP} 5001 4000000", overlay_tests::tcpx_bin().display());
+        assert!(w.ok(&send), "{ep}: bulk TCP to the outside");
+        let log = c.logs.join(format!("uhold-{ep}.log"));
+        let mut h = hold(w, OUTSIDE_IP, 7777, true, &log).unwrap();
+        assert_eq!(h.round(), "refused", "{ep}: UDP to a closed port outside, refusal back through XDP");
+    }
+    assert_eq!(outside.peers().len(), 4);
+    let after = [counters(&c, "node-a"), counters(&c, "node-b")];
+    for i in 0..2 {
+        assert!(fwd_moved(&before[i], &after[i], FwdCounter::GwUnsnat) > 0, "node {i}: gw-unsnat did not move");
+    }
+}
