@@ -69,6 +69,21 @@ pub async fn ensure_bridge(nl: &Netlink, g: &Gwbridge, mtu: u32) -> Result<Bridg
     let link = match nl.link(&g.name).await? {
         Some(l) => l,
         None => {
+            // A subnet the node already routes elsewhere (its own LAN, another bridge) would be
+            // taken over by the bridge: refused, nothing created (a bad config never takes a
+            // node off its network).
+            for r in nl.routes_v4().await? {
+                let theirs = crate::state::Subnet { addr: r.dst, prefix: r.prefix };
+                if r.prefix > 0 && theirs.overlaps(g.subnet) {
+                    bail!(
+                        "subnet {} overlaps the route to {}/{} this node already has; choose another \
+                         [gwbridge] subnet",
+                        g.subnet,
+                        r.dst,
+                        r.prefix
+                    );
+                }
+            }
             nl.create_bridge(&g.name, &default_mac(g.gateway.octets())).await?;
             created = true;
             nl.link(&g.name).await?.ok_or_else(|| anyhow!("bridge {} vanished", g.name))?

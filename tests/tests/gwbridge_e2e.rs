@@ -606,3 +606,29 @@ fn the_masquerade_works_with_xdp_on_the_underlay() {
         assert!(fwd_moved(&before[i], &after[i], FwdCounter::GwUnsnat) > 0, "node {i}: gw-unsnat did not move");
     }
 }
+
+/// 11. A gwbridge subnet the node already routes elsewhere is refused on that node (reported,
+///     nothing created, the overlay untouched), applied on the others, and applied there too
+///     once the conflicting route is gone (the agent retries).
+#[test]
+fn a_subnet_the_node_already_routes_is_refused_there() {
+    let mut s = spec(false);
+    s.extra = String::new();
+    let mut c = Cluster::up(s).unwrap();
+    c.nodes["node-a"].sh("ip route add 172.18.5.0/24 dev ul0").unwrap();
+    c.spec.extra = gw_table(false);
+    apply(&mut c);
+    let st = c.stats("node-a").unwrap();
+    let why = st["not_plumbed"]["gwbridge"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("172.18.5.0/24"), "node-a reports the conflict: {st}");
+    assert!(!c.nodes["node-a"].ok("ip link show docker_gwbridge"), "no bridge on node-a");
+    assert!(c.nodes["node-b"].ok("ip link show docker_gwbridge"), "node-b has its bridge");
+    assert!(c.nodes["node-a"].sh("ip route").unwrap().contains("172.18.5.0/24 dev ul0"), "the node's route untouched");
+    assert!(c.ping("web.1", "web.3"), "the overlay keeps working");
+    c.nodes["node-a"].sh("ip route del 172.18.5.0/24 dev ul0").unwrap();
+    assert!(
+        overlay_tests::wait_for(Duration::from_secs(10), || c.nodes["node-a"].ok("ip link show docker_gwbridge")
+            && gw_ip(&c, "web.1").is_some()),
+        "node-a applies the gwbridge once the route is gone"
+    );
+}
