@@ -80,6 +80,8 @@ fn snat(ctx: &TcContext, src: u32, dst: u32, proto: u8, ifindex: u32) -> Result<
     let ports: [u16; 2] = lb::read(&pkt, L4)?;
     let tcp_flags: u8 = if proto == IPPROTO_TCP { lb::read(&pkt, L4 + 13)? } else { 0 };
     // Only what the node sends out of the underlay is ours (it leaves with the node's address).
+    // The same lookup as encap::next_hop, written out here: a shared helper returning the
+    // 64-byte struct by value overflows the gwbridge program's 512-byte stack (measured).
     let mut fib = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: every byte of the struct is written before it is read.
     unsafe { hdr::zero(fib.as_mut_ptr().cast::<u8>(), mem::size_of::<bpf_fib_lookup>()) };

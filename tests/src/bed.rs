@@ -400,3 +400,21 @@ pub fn set_published_table(c: &mut Contents, id: u32, offset: u32, table: &[u32]
         c.tables.insert(id, Table { offset, entries: table.to_vec() });
     }
 }
+
+/// Every counter that moved between two readings, by name (drops as "drop:<reason>"), with its
+/// increase, sorted: what a test run asserts exactly.
+pub fn moved(before: &Counters, after: &Counters) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for ((n, a), (_, b)) in after.forwarded.iter().zip(&before.forwarded) {
+        if a != b {
+            v.push((n.clone(), a - b));
+        }
+    }
+    for ((n, a), (_, b)) in after.dropped.iter().zip(&before.dropped) {
+        if a != b {
+            v.push((format!("drop:{n}"), a - b));
+        }
+    }
+    v.sort();
+    v
+}

@@ -10,7 +10,7 @@
 //! node), 203.0.113.7 the outside client of a host-mode published port (8080 -> 80 in the
 //! task).
 
-use overlay::datapath::{Contents, Counters};
+use overlay::datapath::Contents;
 use overlay_common::{
     maps::*,
     stats::{DropReason, FwdCounter},
@@ -87,22 +87,6 @@ fn with_gw(mut base: Bed, flags: u16) -> Gw {
 
 fn gw_bed(flags: u16) -> Gw {
     with_gw(bed(), flags)
-}
-
-fn moved(before: &Counters, after: &Counters) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for ((n, a), (_, b)) in after.forwarded.iter().zip(&before.forwarded) {
-        if a != b {
-            v.push((n.clone(), a - b));
-        }
-    }
-    for ((n, a), (_, b)) in after.dropped.iter().zip(&before.dropped) {
-        if a != b {
-            v.push((format!("drop:{n}"), a - b));
-        }
-    }
-    v.sort();
-    v
 }
 
 struct Run {

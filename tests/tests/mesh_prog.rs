@@ -13,7 +13,6 @@
 //! underlay), the backend's node (they arrive from another node's entry, in VXLAN), and the
 //! entry node again when the backend's node returns the replies.
 
-use overlay::datapath::Counters;
 use overlay_common::{
     maps::*,
     stats::{DropReason, FwdCounter},
@@ -77,22 +76,6 @@ struct Run {
     out: Vec<u8>,
     /// Every counter that moved, by name (drops as "drop:<reason>"), with its increase.
     moved: Vec<(String, u64)>,
-}
-
-fn moved(before: &Counters, after: &Counters) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for ((n, a), (_, b)) in after.forwarded.iter().zip(&before.forwarded) {
-        if a != b {
-            v.push((n.clone(), a - b));
-        }
-    }
-    for ((n, a), (_, b)) in after.dropped.iter().zip(&before.dropped) {
-        if a != b {
-            v.push((format!("drop:{n}"), a - b));
-        }
-    }
-    v.sort();
-    v
 }
 
 fn run(bed: &mut Bed, prog: Prog, frame: &[u8]) -> Run {

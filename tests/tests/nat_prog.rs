@@ -7,7 +7,6 @@
 //! host here, reached through the underlay). A container's gwbridge port is `ul1` in the bed
 //! (any existing device stands in), its address 172.18.0.2, the bridge 172.18.0.1/16.
 
-use overlay::datapath::Counters;
 use overlay_common::{
     maps::*,
     stats::{DropReason, FwdCounter},
@@ -44,22 +43,6 @@ fn gw_bed(flags: u16) -> (Bed, u32) {
     );
     bed.apply(c);
     (bed, port)
-}
-
-fn moved(before: &Counters, after: &Counters) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for ((n, a), (_, b)) in after.forwarded.iter().zip(&before.forwarded) {
-        if a != b {
-            v.push((n.clone(), a - b));
-        }
-    }
-    for ((n, a), (_, b)) in after.dropped.iter().zip(&before.dropped) {
-        if a != b {
-            v.push((format!("drop:{n}"), a - b));
-        }
-    }
-    v.sort();
-    v
 }
 
 enum Hook {

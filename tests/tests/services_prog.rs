@@ -7,7 +7,7 @@
 //! Offloaded (CHECKSUM_PARTIAL) checksums cannot be produced by a test run: the end-to-end
 //! tests cover them.
 
-use overlay::datapath::{maglev, Counters};
+use overlay::datapath::maglev;
 use overlay_common::{
     maps::*,
     stats::{DropReason, FwdCounter},
@@ -35,22 +35,6 @@ struct Run {
     out: Vec<u8>,
     /// Every counter that moved, by name (drops as "drop:<reason>"), with its increase.
     moved: Vec<(String, u64)>,
-}
-
-fn moved(before: &Counters, after: &Counters) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for ((n, a), (_, b)) in after.forwarded.iter().zip(&before.forwarded) {
-        if a != b {
-            v.push((n.clone(), a - b));
-        }
-    }
-    for ((n, a), (_, b)) in after.dropped.iter().zip(&before.dropped) {
-        if a != b {
-            v.push((format!("drop:{n}"), a - b));
-        }
-    }
-    v.sort();
-    v
 }
 
 fn run(bed: &mut Bed, prog: Prog, frame: &[u8]) -> Run {
