@@ -188,7 +188,7 @@ fn gwbridge(c: &mut Cluster) -> Result<u32> {
 
 fn main() -> Result<()> {
     // Before anything is created: a missing tool is named, never mistaken for a broken overlay.
-    prereq::require(&[prereq::IP, prereq::PING], "cargo xtask demo")?;
+    prereq::require(&[prereq::IP, prereq::PING, prereq::NFT], "cargo xtask demo")?;
     for (what, bin) in [("overlay", overlay_bin()), ("tcpx", tcpx_bin())] {
         if !bin.exists() {
             bail!("{what} is not built ({}): run `cargo xtask demo`, which builds it", bin.display());
