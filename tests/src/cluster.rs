@@ -93,6 +93,11 @@ pub struct Cluster {
     pub logs: PathBuf,
     /// Hosts on the underlay that are no node (`add_external`), by name.
     pub externals: BTreeMap<String, External>,
+    /// With `up_on_etcd`: the store the agents follow (etcd runs on the external host "etcd").
+    pub etcd: Option<crate::etcd::Etcd>,
+    /// The revision the agents must have applied (`etcd:N`, set by `push_state`); `None`: the
+    /// state file's hash.
+    pub expected: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -100,12 +105,84 @@ impl Drop for Cluster {
         // Processes first: a namespace is not removed while something still runs in it.
         self.servers.clear();
         self.agents.clear();
+        self.etcd = None;
     }
 }
 
 impl Cluster {
     /// Build the topology and start the agents; returns once every agent applied the state.
     pub fn up(spec: ClusterSpec) -> Result<Self> {
+        let mut c = Self::build(spec)?;
+        for n in c.spec.nodes.clone() {
+            if n.ours {
+                c.start_agent(&n.name)?;
+            }
+        }
+        c.wait_applied(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    /// Like `up`, with the state in a real etcd (on the underlay at 192.168.50.250, prefix
+    /// /overlay): the state file is pushed, then the agents start with `--store`.
+    pub fn up_on_etcd(spec: ClusterSpec) -> Result<Self> {
+        let mut c = Self::build(spec)?;
+        let ext = c.add_external("etcd", "192.168.50.250")?;
+        let (ns, address) = (ext.ns.name.clone(), ext.address.clone());
+        c.etcd = Some(crate::etcd::Etcd::start(&ns, &address, &c.run_dir.path.join("etcd"))?);
+        c.push_state()?;
+        for n in c.spec.nodes.clone() {
+            if n.ours {
+                c.start_agent(&n.name)?;
+            }
+        }
+        c.wait_applied(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    /// The store URL the agents use.
+    pub fn store_url(&self) -> String {
+        self.etcd.as_ref().map(|e| e.url("/overlay")).unwrap_or_default()
+    }
+
+    /// `overlay ARGS --store URL` in etcd's namespace (through 127.0.0.1, so it works while
+    /// the agents are cut off): whether it succeeded, and its stdout and stderr.
+    pub fn store_cli(&self, args: &str) -> (bool, String) {
+        let e = self.etcd.as_ref().expect("a cluster on etcd");
+        let out = crate::netns::in_netns(
+            &e.ns,
+            &format!("{} {args} --store {} 2>&1", overlay_bin().display(), e.local_url("/overlay")),
+        )
+        .output();
+        match out {
+            Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    /// Pushes the state file to the store; the agents must then apply the revision it printed.
+    pub fn push_state(&mut self) -> Result<String> {
+        let (ok, out) = self.store_cli(&format!("state push --state {}", self.state_file.display()));
+        if !ok {
+            bail!("push failed: {out}");
+        }
+        self.expect_written(&out)
+    }
+
+    /// Takes the revision a successful `overlay state` write printed as the one to wait for.
+    pub fn expect_written(&mut self, out: &str) -> Result<String> {
+        let rev = out.split_whitespace().find(|w| w.starts_with("etcd:")).map(|w| w.trim_end_matches(|c: char| !c.is_ascii_digit()));
+        match rev {
+            Some(r) => {
+                self.expected = Some(r.to_string());
+                Ok(r.to_string())
+            }
+            None if out.contains("no change") => Ok(self.expected.clone().unwrap_or_default()),
+            None => bail!("no revision in {out:?}"),
+        }
+    }
+
+    /// The topology and the state file, no agent yet.
+    fn build(spec: ClusterSpec) -> Result<Self> {
         let run_dir = RunDir::new()?;
         let logs = run_dir.path.join("logs");
         std::fs::create_dir_all(&logs)?;
@@ -139,6 +216,8 @@ impl Cluster {
             servers: Vec::new(),
             logs,
             externals: BTreeMap::new(),
+            etcd: None,
+            expected: None,
         };
         c.write_state(&c.render_state())?;
         for n in c.spec.nodes.clone() {
@@ -146,12 +225,6 @@ impl Cluster {
                 c.setup_kernel_node(&n)?;
             }
         }
-        for n in c.spec.nodes.clone() {
-            if n.ours {
-                c.start_agent(&n.name)?;
-            }
-        }
-        c.wait_applied(Duration::from_secs(20))?;
         Ok(c)
     }
 
@@ -217,10 +290,13 @@ impl Cluster {
         let ns = &self.nodes[node];
         let log = self.logs.join(format!("{node}.log"));
         let decap = self.spec.decap.clone().map(|d| format!(" --decap {d}")).unwrap_or_default();
+        let source = match &self.etcd {
+            Some(_) => format!("--store {}", self.store_url()),
+            None => format!("--state {}", self.state_file.display()),
+        };
         let cmd = format!(
-            "{} run --state {} --node {node} --run-dir {}{decap}",
+            "{} run {source} --node {node} --run-dir {}{decap}",
             overlay_bin().display(),
-            self.state_file.display(),
             self.run_dir.path.display()
         );
         // Append so restarts keep the earlier log.
@@ -247,7 +323,10 @@ impl Cluster {
 
     /// Wait until every running agent has applied the current state file.
     pub fn wait_applied(&mut self, timeout: Duration) -> Result<()> {
-        let want = state_hash(&std::fs::read_to_string(&self.state_file)?);
+        let want = match &self.expected {
+            Some(rev) => rev.clone(),
+            None => state_hash(&std::fs::read_to_string(&self.state_file)?),
+        };
         let names: Vec<String> = self.agents.keys().cloned().collect();
         for n in names {
             let ok = wait_for(timeout, || {

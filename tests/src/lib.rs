@@ -5,6 +5,7 @@
 //! - `spec`: what a cluster is made of, and its state file;
 //! - `cluster`: a running cluster (underlay bridge, nodes, containers, agents);
 //! - `vip`: service VIPs: identity servers, tallying clients, held connections, `overlay services`;
+//! - `etcd`: a real etcd in a namespace (the store tests, the demo's `--etcd`, the bench);
 //! - `kernel_vtep`: a node built like Docker's kernel overlay, for interop;
 //! - `bed`, `packet`: BPF_PROG_TEST_RUN bed and byte-exact frames; `bench`: the benchmarks;
 //! - `prereq`: the tools the demo and the benchmarks run, checked before anything starts.
@@ -16,6 +17,7 @@ pub mod bed;
 pub mod bench;
 mod cleanup;
 mod cluster;
+pub mod etcd;
 mod kernel_vtep;
 pub mod mesh;
 mod netns;

@@ -19,11 +19,11 @@ const RETRY: Duration = Duration::from_secs(2);
 const SWEEP: Duration = Duration::from_secs(10);
 
 pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap: Option<DecapMode>) -> Result<()> {
-    let first = source.first().await?;
-    let state = first.state?;
+    let (state, revision) = first_state(&mut source, node).await?;
     let mut agent = Agent::start(&state, node, run_dir, decap).await?;
     let mut follow = Follow::default();
-    follow.apply(&mut agent, state, first.revision, Why::First).await;
+    follow.apply(&mut agent, state, revision, Why::First).await;
+    follow.tell(&mut source);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut changes = Changes::subscribe()?;
@@ -49,9 +49,32 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
                 }
             }
         }
+        follow.tell(&mut source);
     }
     info!("stopping; the datapath keeps forwarding (use `overlay down` to remove it)");
+    source.stop().await;
     Ok(())
+}
+
+/// The first state to start from. A file must give one at once (the user just named it); a
+/// store may still be empty or lack this node: the agent says so once and waits, touching
+/// nothing (a datapath left by an earlier run keeps forwarding).
+async fn first_state(source: &mut impl StateSource, node: &str) -> Result<(ClusterState, String)> {
+    let mut v = source.first().await?;
+    let mut said = String::new();
+    loop {
+        let problem = match v.state {
+            Ok(s) if s.node(node).is_some() || !source.waits_for_state() => return Ok((s, v.revision)),
+            Ok(_) => format!("node {node} is not in the state"),
+            Err(e) if source.waits_for_state() => format!("state rejected:\n{e}"),
+            Err(e) => return Err(e.into()),
+        };
+        if problem != said {
+            warn!(revision = %v.revision, "waiting for a state this node can apply: {problem}");
+            said = problem;
+        }
+        v = source.next().await?;
+    }
 }
 
 /// Why a state is being applied: only what changes something is logged.
@@ -73,6 +96,8 @@ struct Follow {
     /// Last message logged for the source and for each failing endpoint.
     said: Option<String>,
     failing: BTreeMap<String, String>,
+    /// Applied since the source was last told.
+    untold: bool,
 }
 
 impl Follow {
@@ -89,6 +114,14 @@ impl Follow {
         }
     }
 
+    /// Tells the source what was applied since last time.
+    fn tell(&mut self, source: &mut impl StateSource) {
+        if let (true, Some((state, rev))) = (self.untold, &self.good) {
+            source.applied(rev, state);
+        }
+        self.untold = false;
+    }
+
     async fn tick(&mut self, agent: &mut Agent) {
         if let Some((state, rev)) = self.pending.take() {
             self.apply(agent, state, rev, Why::Change).await;
@@ -101,6 +134,7 @@ impl Follow {
         match agent.reconcile(&state, &revision).await {
             Ok(r) => {
                 self.log_applied(agent, &state, &r, why);
+                self.untold |= !matches!(why, Why::Repair);
                 self.good = Some((state, revision));
                 self.pending = None;
                 self.said = None;

@@ -21,6 +21,15 @@ pub trait StateSource {
     async fn first(&mut self) -> Result<Version>;
     /// Waits for a version different from the last one returned.
     async fn next(&mut self) -> Result<Version>;
+    /// Whether the agent waits for a first version it can apply (a store being filled) rather
+    /// than failing on it (a file the user just named).
+    fn waits_for_state(&self) -> bool {
+        false
+    }
+    /// Told after each version applied (a store publishes it for `overlay nodes`).
+    fn applied(&mut self, _revision: &str, _state: &ClusterState) {}
+    /// Told when the agent stops.
+    async fn stop(&mut self) {}
 }
 
 /// The state file, followed with inotify and parsed incrementally.

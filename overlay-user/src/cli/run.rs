@@ -4,15 +4,19 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use overlay::{
-    agent::{self, FileSource},
+    agent::{self, FileSource, Paths},
     datapath::DecapMode,
+    store::EtcdSource,
 };
 
-/// Run the agent for NODE in this network namespace, following the state file.
+/// Run the agent for NODE in this network namespace, following the state file or the store.
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    state: PathBuf,
+    /// The state file (followed with inotify).
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    state: Option<PathBuf>,
+    #[command(flatten)]
+    store: super::StoreArgs,
     #[command(flatten)]
     node: super::NodeArgs,
     /// Where decapsulation runs on the underlay interface.
@@ -36,8 +40,14 @@ pub fn main(a: Args) -> Result<ExitCode> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let source = FileSource::new(&a.state)?;
-        agent::run(source, &a.node.node, &a.node.run_dir, decap).await
+        match (&a.state, a.store.config()?) {
+            (Some(file), _) => agent::run(FileSource::new(file)?, &a.node.node, &a.node.run_dir, decap).await,
+            (None, Some(cfg)) => {
+                let cache = Paths::new(&a.node.run_dir, &a.node.node).records.join("store-cache.toml");
+                agent::run(EtcdSource::start(cfg, &a.node.node, Some(cache)), &a.node.node, &a.node.run_dir, decap).await
+            }
+            (None, None) => anyhow::bail!("give --state FILE or --store etcd://..."),
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,14 @@
 //! The cluster state: what the agent is told to build. The pipeline is
 //! text -> `raw` (TOML tables, unknown keys refused) -> `validate` (every problem at once, each
 //! naming its entry and field) -> `ClusterState`. `incremental` re-parses only the tables that
-//! changed; `local` holds the checks that only make sense on the node itself.
+//! changed; `objects` is the state as a store holds it, one key per object; `local` holds the
+//! checks that only make sense on the node itself.
 
 mod error;
 mod gwbridge;
 mod incremental;
 mod local;
+mod objects;
 mod raw;
 mod services;
 mod validate;
@@ -20,6 +22,7 @@ pub use error::{list as list_problems, Problem, StateError};
 pub use gwbridge::{DEFAULT_IFNAME as DEFAULT_GW_IFNAME, DEFAULT_NAME as DEFAULT_GW_NAME};
 pub use incremental::IncrementalParser;
 pub use local::check_for_node;
+pub use objects::{Change, Kind, Object, ObjectKey, Objects};
 pub use values::{format_mac, parse_mac, valid_node_name};
 
 /// A state file larger than this is refused before it is parsed: parsing costs tens of times the

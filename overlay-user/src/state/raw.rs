@@ -1,24 +1,25 @@
 //! The state file as TOML gives it: every field as written, nothing checked yet. Unknown keys are
-//! rejected here, so a typo never passes as a default.
+//! rejected here, so a typo never passes as a default. Serialized back, one object at a time,
+//! for the store (`objects`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize, Debug, Default, Clone)]
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub cluster: Option<RawCluster>,
     pub gwbridge: Option<RawGwbridge>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<RawNode>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<RawNetwork>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<RawEndpoint>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<RawService>,
 }
 
-#[derive(Deserialize, Debug, Default, Clone)]
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
     pub vxlan_port: Option<i64>,
@@ -26,7 +27,7 @@ pub(super) struct RawCluster {
 }
 
 /// `[gwbridge]`: its presence gives every local container a docker_gwbridge interface.
-#[derive(Deserialize, Debug, Default, Clone)]
+#[derive(Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGwbridge {
     pub name: Option<String>,
@@ -37,14 +38,14 @@ pub(super) struct RawGwbridge {
     pub masquerade: Option<bool>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNode {
     pub name: String,
     pub address: String,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNetwork {
     pub name: String,
@@ -55,7 +56,7 @@ pub(super) struct RawNetwork {
     pub ingress: Option<bool>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEndpoint {
     pub name: String,
@@ -69,28 +70,28 @@ pub(super) struct RawEndpoint {
 
 /// Keywords (`endpoint_mode`, `scheduler`, `protocol`, `publish_mode`) stay strings here so that
 /// validation, not serde, refuses a misspelling, naming the field and the allowed values.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub name: String,
     pub endpoint_mode: Option<String>,
     pub scheduler: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<RawVip>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<RawPort>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<RawBackend>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVip {
     pub network: String,
     pub ip: String,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPort {
     pub protocol: String,
@@ -99,7 +100,7 @@ pub(super) struct RawPort {
     pub publish_mode: Option<String>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackend {
     pub endpoint: String,
