@@ -170,11 +170,17 @@ impl Cluster {
 
     /// Takes the revision a successful `overlay state` write printed as the one to wait for.
     pub fn expect_written(&mut self, out: &str) -> Result<String> {
-        let rev = out.split_whitespace().find(|w| w.starts_with("etcd:")).map(|w| w.trim_end_matches(|c: char| !c.is_ascii_digit()));
+        if !out.starts_with("pushed: ") && !out.starts_with("put: ") && !out.starts_with("deleted: ") {
+            bail!("not a successful write: {out:?}");
+        }
+        let rev = out.split_whitespace().find_map(|w| {
+            let n = w.strip_prefix("etcd:")?.trim_end_matches(|c: char| !c.is_ascii_digit());
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| format!("etcd:{n}"))
+        });
         match rev {
             Some(r) => {
-                self.expected = Some(r.to_string());
-                Ok(r.to_string())
+                self.expected = Some(r.clone());
+                Ok(r)
             }
             None if out.contains("no change") => Ok(self.expected.clone().unwrap_or_default()),
             None => bail!("no revision in {out:?}"),

@@ -19,6 +19,8 @@ pub const ETHTOOL: Tool = Tool { name: "ethtool", probe: &["--version"], package
 pub const IPERF3: Tool = Tool { name: "iperf3", probe: &["--version"], package: "iperf3" };
 pub const NFT: Tool = Tool { name: "nft", probe: &["--version"], package: "nftables" };
 pub const PERF: Tool = Tool { name: "perf", probe: &["--version"], package: "linux-perf" };
+pub const ETCD: Tool = Tool { name: "etcd", probe: &["--version"], package: "etcd-server" };
+pub const ETCDCTL: Tool = Tool { name: "etcdctl", probe: &["version"], package: "etcd-client" };
 
 fn on_path(name: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();

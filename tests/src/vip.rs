@@ -68,6 +68,10 @@ impl Cluster {
     /// Write the spec's state (services included) and wait until every agent applied it.
     pub fn apply(&mut self) -> Result<()> {
         self.write_state(&self.render_state())?;
+        if self.etcd.is_some() {
+            // On a store the file is pushed: only the objects that changed are written.
+            self.push_state()?;
+        }
         self.wait_applied(Duration::from_secs(20))
     }
 

@@ -100,7 +100,8 @@ fn an_invalid_write_is_refused_whole_and_a_bad_key_never_reaches_the_agents() {
     std::fs::write(&bad, text).unwrap();
     let (ok, out) = c.store_cli(&format!("state push --state {}", bad.display()));
     assert!(!ok && out.contains("field `ip`") && out.contains("nothing written"), "{out}");
-    std::fs::write(&bad, "[[endpoints]]\nname = \"x\"\nnetwork = \"nope\"\nnode = \"node-a\"\nip = \"10.9.0.2\"\n").unwrap();
+    std::fs::write(&bad, "[[endpoints]]\nname = \"x\"\nnetwork = \"nope\"\nnode = \"node-a\"\nip = \"10.9.0.2\"\n")
+        .unwrap();
     let (ok, out) = c.store_cli(&format!("state put {}", bad.display()));
     assert!(!ok && out.contains("endpoints \"x\": field `network`"), "{out}");
     let (ok, out) = c.store_cli("state del networks/app-net");

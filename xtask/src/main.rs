@@ -38,6 +38,9 @@ enum Cmd {
         /// Leave the cluster up and print how to look around.
         #[arg(long)]
         keep: bool,
+        /// Keep the cluster state in a real etcd (in its own namespace) instead of a file.
+        #[arg(long)]
+        etcd: bool,
     },
     /// Measure the datapath against the kernel path it replaces (see README, Performance).
     Bench {
@@ -60,19 +63,26 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf(&root).map(|_| ()),
         Cmd::Build => build(&root),
         Cmd::Test { args } => test(&root, &args),
-        Cmd::Demo { keep } => {
+        Cmd::Demo { keep, etcd } => {
             toolchain::ensure_packages(packages::DEMO)?;
+            if etcd {
+                toolchain::ensure_etcd(packages::ETCD)?;
+            }
             build(&root)?;
             let mut c = cargo(&root);
             c.args(["run", "--release", "--quiet", "-p", "overlay-tests", "--bin", "demo", "--"]);
             if keep {
                 c.arg("--keep");
             }
+            if etcd {
+                c.arg("--etcd");
+            }
             run(&mut c)
         }
         Cmd::Bench { quick, only, flame } => {
             build(&root)?;
             toolchain::ensure_packages(packages::BENCH)?;
+            toolchain::ensure_etcd(packages::ETCD)?;
             if flame {
                 toolchain::ensure_packages(packages::FLAME)?;
             }
@@ -136,6 +146,7 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
 }
 
 fn build(root: &Path) -> Result<()> {
+    toolchain::ensure_packages(packages::BUILD)?;
     build_ebpf(root)?;
     run(cargo(root).args(["build", "--release", "--quiet", "-p", "overlay-user", "-p", "overlay-tests"]))
 }
@@ -157,6 +168,7 @@ fn lint(root: &Path) -> Result<()> {
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
     toolchain::ensure_packages(packages::TEST)?;
+    toolchain::ensure_etcd(packages::ETCD)?;
     build(root)?;
     // The whole suite also holds the code to its style and lints; a filtered run skips them.
     if args.is_empty() {

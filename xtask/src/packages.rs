@@ -1,6 +1,11 @@
 //! What each command needs from Debian, in one place. Every command installs its own list, so
 //! the README's first command works on a fresh host with nothing but Rust.
 
+/// Building the `overlay` binary: etcd-client compiles etcd's protobuf definitions with protoc.
+pub const BUILD: &[&str] = &["protobuf-compiler"];
+/// The store: a real etcd (server and etcdctl) for `cargo xtask demo --etcd`, the tests and the
+/// bench, started inside their own namespaces (the package's service is not used).
+pub const ETCD: &[&str] = &["etcd-server", "etcd-client"];
 /// `cargo xtask demo`: namespaces and links (ip), the connectivity matrix (ping), nft (the
 /// agent masquerades docker_gwbridge traffic with it).
 pub const DEMO: &[&str] = &["iproute2", "iputils-ping", "nftables"];

@@ -96,6 +96,32 @@ pub fn ensure_components(toolchain: &str, components: &[&str]) -> Result<()> {
 
 /// Install Debian packages that are missing (CI runs as root on a fresh machine).
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
+    ensure_packages_listing(pkgs).map(|_| ())
+}
+
+/// etcd for the tests, the demo and the bench: they start their own inside namespaces. The
+/// package's service (started by its install on a host with an init system) would listen in
+/// the root namespace: when we install it, it is stopped and disabled at once.
+pub fn ensure_etcd(pkgs: &[&str]) -> Result<()> {
+    let installed = ensure_packages_listing(pkgs)?;
+    if installed.iter().any(|p| p == "etcd-server") {
+        let quiet = |prog: &str, args: &[&str]| {
+            let _ = Command::new(prog)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        quiet("systemctl", &["disable", "--now", "etcd.service"]);
+        quiet("invoke-rc.d", &["etcd", "stop"]);
+        quiet("update-rc.d", &["etcd", "disable"]);
+        eprintln!("xtask: etcd-server's own service is disabled (the tests, demo and bench run etcd in namespaces)");
+    }
+    Ok(())
+}
+
+/// Installs what is missing; returns what it installed.
+fn ensure_packages_listing(pkgs: &[&str]) -> Result<Vec<String>> {
     let missing: Vec<&str> = pkgs
         .iter()
         .copied()
@@ -108,7 +134,7 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let quiet = |c: &mut Command| c.env("DEBIAN_FRONTEND", "noninteractive").status();
@@ -118,5 +144,5 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     if !quiet(Command::new("apt-get").args(["-qq", "install", "-y"]).args(&missing))?.success() {
         bail!("apt-get install {} failed", missing.join(" "));
     }
-    Ok(())
+    Ok(missing.iter().map(|p| p.to_string()).collect())
 }

@@ -6,6 +6,7 @@
 //! maps and links; the next start adopts them and applies only the difference.
 
 mod down;
+mod dry;
 mod gw;
 mod lock;
 mod record;
@@ -24,6 +25,7 @@ use overlay_common::vxlan::ENCAP_OVERHEAD;
 use tracing::{info, warn};
 
 pub use down::down;
+pub use dry::dry_run;
 pub use lock::NodeLock;
 pub use record::{state_hash, Paths, Record, RecordedEndpoint};
 pub use run::run;

@@ -59,7 +59,7 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
 /// The first state to start from. A file must give one at once (the user just named it); a
 /// store may still be empty or lack this node: the agent says so once and waits, touching
 /// nothing (a datapath left by an earlier run keeps forwarding).
-async fn first_state(source: &mut impl StateSource, node: &str) -> Result<(ClusterState, String)> {
+pub(super) async fn first_state(source: &mut impl StateSource, node: &str) -> Result<(ClusterState, String)> {
     let mut v = source.first().await?;
     let mut said = String::new();
     loop {
@@ -133,7 +133,7 @@ impl Follow {
     async fn apply(&mut self, agent: &mut Agent, state: ClusterState, revision: String, why: Why) {
         match agent.reconcile(&state, &revision).await {
             Ok(r) => {
-                self.log_applied(agent, &state, &r, why);
+                self.log_applied(agent, &state, &revision, &r, why);
                 self.untold |= !matches!(why, Why::Repair);
                 self.good = Some((state, revision));
                 self.pending = None;
@@ -150,7 +150,7 @@ impl Follow {
         }
     }
 
-    fn log_applied(&mut self, agent: &Agent, state: &ClusterState, r: &ReconcileReport, why: Why) {
+    fn log_applied(&mut self, agent: &Agent, state: &ClusterState, revision: &str, r: &ReconcileReport, why: Why) {
         let ms = r.elapsed.as_millis() as u64;
         let failed = r.failed.len();
         match why {
@@ -167,6 +167,7 @@ impl Follow {
                 );
             }
             Why::Change => info!(
+                revision,
                 plumbed = r.plumbed,
                 unplumbed = r.unplumbed,
                 failed,

@@ -29,7 +29,12 @@ pub fn main(a: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} at {}; state last written at {}", cfg.url(), revision_name(view.revision), revision_name(view.written));
+    println!(
+        "{} at {}; state last written at {}",
+        cfg.url(),
+        revision_name(view.revision),
+        revision_name(view.written)
+    );
     println!("{:<20} {:<6} {:<16} {:<14} {:<9} {}", "NODE", "LIVE", "ADDRESS", "APPLIED", "CURRENT", "VERSION");
     for r in &view.rows {
         let (live, address, applied, current, version) = match &r.live {

@@ -19,6 +19,10 @@ pub struct Args {
     store: super::StoreArgs,
     #[command(flatten)]
     node: super::NodeArgs,
+    /// Follow, validate and diff as the agent does, without a datapath (no program, map or
+    /// link is touched); the log says what each version would write.
+    #[arg(long)]
+    dry_run: bool,
     /// Where decapsulation runs on the underlay interface.
     #[arg(long, value_enum, default_value_t = DecapChoice::Auto)]
     decap: DecapChoice,
@@ -40,11 +44,19 @@ pub fn main(a: Args) -> Result<ExitCode> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
+        if a.dry_run {
+            return match (&a.state, a.store.config()?) {
+                (Some(file), _) => agent::dry_run(FileSource::new(file)?, &a.node.node).await,
+                (None, Some(cfg)) => agent::dry_run(EtcdSource::start(cfg, &a.node.node, None), &a.node.node).await,
+                (None, None) => anyhow::bail!("give --state FILE or --store etcd://..."),
+            };
+        }
         match (&a.state, a.store.config()?) {
             (Some(file), _) => agent::run(FileSource::new(file)?, &a.node.node, &a.node.run_dir, decap).await,
             (None, Some(cfg)) => {
                 let cache = Paths::new(&a.node.run_dir, &a.node.node).records.join("store-cache.toml");
-                agent::run(EtcdSource::start(cfg, &a.node.node, Some(cache)), &a.node.node, &a.node.run_dir, decap).await
+                agent::run(EtcdSource::start(cfg, &a.node.node, Some(cache)), &a.node.node, &a.node.run_dir, decap)
+                    .await
             }
             (None, None) => anyhow::bail!("give --state FILE or --store etcd://..."),
         }

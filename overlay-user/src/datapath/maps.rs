@@ -267,3 +267,23 @@ fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
 ) -> Result<usize> {
     Ok(remove_hash(map, current, desired, name)? + upsert_hash(map, current, desired, name)?)
 }
+
+impl Contents {
+    /// How many map writes `Datapath::apply` would make to turn `self` into `desired`, without
+    /// touching a map (`overlay run --dry-run`).
+    pub fn count_changes(&self, desired: &Contents) -> usize {
+        fn hash<K: Eq + Hash, V: PartialEq>(a: &FxHashMap<K, V>, b: &FxHashMap<K, V>) -> usize {
+            a.keys().filter(|k| !b.contains_key(*k)).count() + b.iter().filter(|(k, v)| a.get(*k) != Some(*v)).count()
+        }
+        (self.config != desired.config) as usize
+            + (self.gw != desired.gw) as usize
+            + hash(&self.nodes, &desired.nodes)
+            + hash(&self.nexthops, &desired.nexthops)
+            + hash(&self.networks, &desired.networks)
+            + hash(&self.local_ifaces, &desired.local_ifaces)
+            + hash(&self.backends, &desired.backends)
+            + desired.tables.iter().filter(|(id, t)| self.tables.get(*id) != Some(*t)).count()
+            + hash(&self.services, &desired.services)
+            + hash(&self.endpoints, &desired.endpoints)
+    }
+}

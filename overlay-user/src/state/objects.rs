@@ -25,7 +25,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Cluster, Kind::Gwbridge, Kind::Node, Kind::Network, Kind::Endpoint, Kind::Service];
+    pub const ALL: [Kind; 6] =
+        [Kind::Cluster, Kind::Gwbridge, Kind::Node, Kind::Network, Kind::Endpoint, Kind::Service];
 
     /// The key's first segment: the state file's table name.
     pub fn dir(self) -> &'static str {
@@ -113,7 +114,8 @@ impl Object {
             + raw.endpoints.len()
             + raw.services.len();
         if count != 1 || total != 1 {
-            let table = if key.kind.singleton() { format!("[{}]", key.kind.dir()) } else { format!("[[{}]]", key.kind.dir()) };
+            let table =
+                if key.kind.singleton() { format!("[{}]", key.kind.dir()) } else { format!("[[{}]]", key.kind.dir()) };
             return Err(problem("value", format!("must hold exactly one {table} table (it holds {total} tables)")));
         }
         if let Some(name) = name {

@@ -50,7 +50,10 @@ pub async fn put(cfg: &StoreConfig, file: &Path, if_revision: Option<i64>) -> Re
     let text = state::read(file)?;
     let objs = Objects::from_fragment(&text, file)?;
     if objs.is_empty() {
-        bail!("{}: holds no table ([[nodes]], [[networks]], [[endpoints]], [[services]], [cluster], [gwbridge])", file.display());
+        bail!(
+            "{}: holds no table ([[nodes]], [[networks]], [[endpoints]], [[services]], [cluster], [gwbridge])",
+            file.display()
+        );
     }
     let mut c = cfg.connect().await?;
     let snap = snapshot::read(&mut c, cfg).await?;
@@ -108,10 +111,8 @@ async fn write(
     }
     let mut result = snap.objects.clone();
     result.apply(changes).map_err(|p| StateError::Invalid { path: cfg.url().into(), problems: vec![p] })?;
-    let put_keys: std::collections::HashSet<String> = changes
-        .iter()
-        .filter_map(|c| if let Change::Put(k, _) = c { Some(k.path()) } else { None })
-        .collect();
+    let put_keys: std::collections::HashSet<String> =
+        changes.iter().filter_map(|c| if let Change::Put(k, _) = c { Some(k.path()) } else { None }).collect();
     let drop_bad: Vec<&String> = drop_bad.iter().filter(|k| !put_keys.contains(*k)).collect();
     let left_bad: Vec<_> = snap
         .bad
@@ -120,8 +121,9 @@ async fn write(
         .map(|(_, p)| p.clone())
         .collect();
     if !left_bad.is_empty() {
-        return Err(StateError::Invalid { path: cfg.url().into(), problems: left_bad })
-            .context("the store holds keys that are not valid objects; replace or delete them (`overlay state put/del`)");
+        return Err(StateError::Invalid { path: cfg.url().into(), problems: left_bad }).context(
+            "the store holds keys that are not valid objects; replace or delete them (`overlay state put/del`)",
+        );
     }
     result.validate().map_err(|problems| StateError::Invalid { path: cfg.url().into(), problems })?;
     if changes.is_empty() && drop_bad.is_empty() {

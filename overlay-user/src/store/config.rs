@@ -127,8 +127,15 @@ mod tests {
         assert_eq!(c.range(), ("/cl/one/".to_string(), "/cl/one0".to_string()));
         assert_eq!(c.url(), "etcd://10.0.0.1:2379,e2:2379/cl/one");
         assert_eq!(StoreConfig::parse("etcd://h:1", Tls::default()).unwrap().prefix, DEFAULT_PREFIX);
-        for bad in ["http://h:1/x", "etcd://h/x", "etcd://:1/x", "etcd://h:0/x", "etcd://h:1,/x", "etcd://h:1/a b", "etcd://h:1/a//b"]
-        {
+        for bad in [
+            "http://h:1/x",
+            "etcd://h/x",
+            "etcd://:1/x",
+            "etcd://h:0/x",
+            "etcd://h:1,/x",
+            "etcd://h:1/a b",
+            "etcd://h:1/a//b",
+        ] {
             let e = StoreConfig::parse(bad, Tls::default()).unwrap_err().to_string();
             assert!(e.contains("--store"), "{bad}: {e}");
         }

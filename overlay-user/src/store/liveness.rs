@@ -44,7 +44,8 @@ impl Alive {
 }
 
 /// Keeps the key while the agent runs; reconnects (with a new lease) after any failure.
-pub async fn run(cfg: StoreConfig, node: String, mut rx: watch::Receiver<Alive>) {
+pub async fn run(cfg: StoreConfig, mut rx: watch::Receiver<Alive>) {
+    let node = rx.borrow().node.clone();
     let mut wait = Duration::from_millis(200);
     loop {
         match session(&cfg, &node, &mut rx).await {

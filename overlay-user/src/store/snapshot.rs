@@ -38,7 +38,10 @@ pub fn classify(rel: &str, value: &[u8]) -> Entry {
         Entry::Bad(rel.to_string(), Problem { entry: rel.to_string(), field: field.into(), reason: reason.into() })
     };
     let Some(key) = ObjectKey::parse(rel) else {
-        return bad("key", "not a key of the state (cluster, gwbridge, nodes/NAME, networks/NAME, endpoints/NAME, services/NAME)");
+        return bad(
+            "key",
+            "not a key of the state (cluster, gwbridge, nodes/NAME, networks/NAME, endpoints/NAME, services/NAME)",
+        );
     };
     let Ok(text) = std::str::from_utf8(value) else {
         return bad("value", "not UTF-8 text");

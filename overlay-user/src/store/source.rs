@@ -68,12 +68,18 @@ pub struct EtcdSource {
 
 impl EtcdSource {
     /// Starts following the store. `cache`: where the last valid state is kept for a start with
-    /// etcd down (`None`: no cache, as for agents without a datapath).
+    /// etcd down. Without one (a dry run) the node's liveness key is not written either: only
+    /// the node's real agent speaks for it.
     pub fn start(cfg: StoreConfig, node: &str, cache: Option<PathBuf>) -> Self {
         let mailbox = Arc::new(Mailbox::default());
         let (alive, alive_rx) = watch::channel(Alive::new(node));
-        let follow = tokio::spawn(follow(cfg.clone(), cache, mailbox.clone()));
-        let live = tokio::spawn(liveness::run(cfg, node.to_string(), alive_rx));
+        let live_cfg = cache.is_some().then(|| cfg.clone());
+        let follow = tokio::spawn(follow(cfg, cache, mailbox.clone()));
+        let live = tokio::spawn(async move {
+            if let Some(cfg) = live_cfg {
+                liveness::run(cfg, alive_rx).await
+            }
+        });
         Self { mailbox, alive, follow, live }
     }
 }
@@ -214,7 +220,10 @@ async fn follow(cfg: StoreConfig, cache: Option<PathBuf>, mailbox: Arc<Mailbox>)
                             _ => warn!("etcd {} unreachable ({e:#}); waiting for it (retrying)", cfg.url()),
                         }
                     } else {
-                        warn!("etcd {} unreachable ({e:#}); forwarding goes on with the last state, retrying", cfg.url());
+                        warn!(
+                            "etcd {} unreachable ({e:#}); forwarding goes on with the last state, retrying",
+                            cfg.url()
+                        );
                     }
                 }
                 tokio::time::sleep(backoff.next()).await;

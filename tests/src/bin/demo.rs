@@ -3,7 +3,9 @@
 //! from outside through every node with the client's address kept (the routing mesh), the
 //! docker_gwbridge (containers reach the outside masqueraded, not each other over the bridge),
 //! the datapath counters, then teardown.
-//! `--keep` leaves it up until Ctrl-C and prints how to look around.
+//! `--keep` leaves it up until Ctrl-C and prints how to look around. `--etcd` keeps the state
+//! in a real etcd (its own namespace on the underlay): pushed whole, then changed one object at
+//! a time, with `overlay nodes` showing each agent live and what it applied.
 
 use std::{process::Stdio, time::Instant};
 
@@ -186,6 +188,63 @@ fn gwbridge(c: &mut Cluster) -> Result<u32> {
     Ok(failed)
 }
 
+/// The state in etcd: every agent live with the pushed revision; one object deleted and put
+/// back reaches every node; an invalid write is refused whole. Returns failed checks. (web.4,
+/// on node-a, backs no service: the state without it is valid.)
+fn store(c: &mut Cluster) -> Result<u32> {
+    println!("\nCluster state in etcd ({}): one key per object; agents watch the prefix", c.store_url());
+    let mut failed = 0;
+    let (ok, out) = c.store_cli("nodes");
+    failed += u32::from(!ok);
+    for l in out.lines() {
+        println!("    {l}");
+    }
+    let t = Instant::now();
+    let (ok, out) = c.store_cli("state del endpoints/web.4");
+    failed += u32::from(!ok);
+    c.expect_written(&out)?;
+    c.wait_applied(std::time::Duration::from_secs(20))?;
+    let gone = !c.ping("web.1", "web.4");
+    failed += u32::from(!gone);
+    println!(
+        "  overlay state del endpoints/web.4: every node applied it in {:.0} ms (with the CLI's start); web.1 -> web.4: {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        if gone { "no reply, as it must" } else { "FAIL: still reached" }
+    );
+    let web3 = c.spec.endpoints.iter().find(|e| e.name == "web.4").cloned();
+    let obj = c.run_dir.path.join("web.4.toml");
+    if let Some(e) = web3 {
+        std::fs::write(
+            &obj,
+            format!(
+                "[[endpoints]]\nname = \"web.4\"\nnetwork = \"app-net\"\nnode = \"node-a\"\nip = \"{}\"\nnetns = \"{}\"\n",
+                e.ip,
+                c.container("web.4").path().display()
+            ),
+        )?;
+    }
+    let t = Instant::now();
+    let (ok, out) = c.store_cli(&format!("state put {}", obj.display()));
+    failed += u32::from(!ok);
+    c.expect_written(&out)?;
+    c.wait_applied(std::time::Duration::from_secs(20))?;
+    let back = c.ping("web.1", "web.4");
+    failed += u32::from(!back);
+    println!(
+        "  overlay state put web.4.toml: applied everywhere in {:.0} ms; web.1 -> web.4: {}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        if back { "ok" } else { "FAIL" }
+    );
+    let (ok, out) = c.store_cli("state del networks/db-net");
+    failed += u32::from(ok);
+    let first = out.lines().take(2).collect::<Vec<_>>().join(" / ");
+    println!(
+        "  overlay state del networks/db-net (containers still use it): {}",
+        if ok { "FAIL: accepted" } else { &first }
+    );
+    Ok(failed)
+}
+
 fn main() -> Result<()> {
     // Before anything is created: a missing tool is named, never mistaken for a broken overlay.
     prereq::require(&[prereq::IP, prereq::PING, prereq::NFT], "cargo xtask demo")?;
@@ -195,6 +254,10 @@ fn main() -> Result<()> {
         }
     }
     let keep = std::env::args().any(|a| a == "--keep");
+    let on_etcd = std::env::args().any(|a| a == "--etcd");
+    if on_etcd {
+        prereq::require(&[prereq::ETCD, prereq::ETCDCTL], "cargo xtask demo --etcd")?;
+    }
     let spec = ClusterSpec::three_nodes_two_networks()
         .ingress_network("ingress", 4096, "10.0.0.0/24")
         .endpoint("shop.1", "ingress", "node-b", "10.0.0.3")
@@ -208,8 +271,11 @@ fn main() -> Result<()> {
         spec.endpoints.len()
     );
     let t0 = Instant::now();
-    let mut c = Cluster::up(spec)?;
+    let mut c = if on_etcd { Cluster::up_on_etcd(spec)? } else { Cluster::up(spec)? };
     println!("Agents applied the state in {:.1}s.\n", t0.elapsed().as_secs_f64());
+    if on_etcd {
+        println!("State pushed to {} with `overlay state push --state FILE`, from:\n", c.store_url());
+    }
     println!("State file ({}):\n", c.state_file.display());
     for l in std::fs::read_to_string(&c.state_file)?.lines().take(24) {
         println!("    {l}");
@@ -271,6 +337,9 @@ fn main() -> Result<()> {
     failed += service_vip(&mut c)?;
     failed += routing_mesh(&mut c)?;
     failed += gwbridge(&mut c)?;
+    if on_etcd {
+        failed += store(&mut c)?;
+    }
     println!("\nDatapath counters (overlay stats):");
     for n in ["node-a", "node-b", "node-c"] {
         let v = c.stats(n)?;
