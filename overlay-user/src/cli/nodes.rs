@@ -35,7 +35,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
         revision_name(view.revision),
         revision_name(view.written)
     );
-    println!("{:<20} {:<6} {:<16} {:<14} {:<9} {}", "NODE", "LIVE", "ADDRESS", "APPLIED", "CURRENT", "VERSION");
+    println!("{:<20} {:<6} {:<16} {:<14} {:<9} VERSION", "NODE", "LIVE", "ADDRESS", "APPLIED", "CURRENT");
     for r in &view.rows {
         let (live, address, applied, current, version) = match &r.live {
             Some(l) => {

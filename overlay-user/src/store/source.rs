@@ -33,6 +33,10 @@ use crate::{
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A watch quiet this long asks etcd for a progress report ...
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// ... and one quiet this long is taken as lost (resync from a fresh snapshot).
+const SILENT_LIMIT: Duration = Duration::from_secs(8);
 /// The cache is rewritten at most this often (it is only read when etcd is down at start).
 const CACHE_EVERY: Duration = Duration::from_secs(1);
 
@@ -276,10 +280,27 @@ async fn watch(
     let (start, end) = cfg.range();
     let opts = WatchOptions::new().with_range(end).with_start_revision(view.watched + 1);
     let mut stream = timed("starting the etcd watch", client.watch(start.clone(), Some(opts))).await?;
+    // A silent network is not seen by the watch stream itself (HTTP/2 keepalive did not end it
+    // in our tests): a quiet watch asks etcd for a progress report and gives up without one.
+    let mut heard = Instant::now();
+    let mut check = tokio::time::interval(PROGRESS_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let due = cache.as_ref().and_then(|c| c.due);
         let msg = tokio::select! {
-            m = stream.message() => m?,
+            m = stream.message() => {
+                heard = Instant::now();
+                m?
+            }
+            _ = check.tick() => {
+                if heard.elapsed() > SILENT_LIMIT {
+                    bail!("no answer from etcd for {:.0} s", heard.elapsed().as_secs_f64());
+                }
+                if heard.elapsed() >= PROGRESS_EVERY {
+                    timed("asking etcd for watch progress", stream.request_progress()).await?;
+                }
+                continue;
+            }
             _ = sleep_until(due) => {
                 if let Some(c) = cache.as_deref_mut() {
                     c.write(view, cfg);

@@ -9,6 +9,7 @@ pub mod overlay;
 pub mod progrun;
 pub mod report;
 pub mod services;
+pub mod store;
 
 /// How a bench run was asked for.
 #[derive(Clone, Copy, Debug, Default)]

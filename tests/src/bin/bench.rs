@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use overlay_tests::{
-    bench::{control, gwbridge, mesh, out_dir, overlay, progrun, report::Report, services, Opts},
+    bench::{control, gwbridge, mesh, out_dir, overlay, progrun, report::Report, services, store, Opts},
     prereq,
 };
 
@@ -16,7 +16,8 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     // --flame: one flame graph per overlay datapath, from perf samples of a TCP round.
     let opts = Opts { quick, flame: args.iter().any(|a| a == "--flame") };
-    // --only NAME runs one section (per-packet, overlay, services, mesh, gwbridge, control-plane).
+    // --only NAME runs one section (per-packet, overlay, services, mesh, gwbridge, control-plane,
+    // store).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     // --render FILE: redraw the Markdown and the chart of a saved report.json.
     if let Some(f) = args.iter().position(|a| a == "--render").and_then(|i| args.get(i + 1)) {
@@ -30,6 +31,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     prereq::require(&[prereq::IP, prereq::PING, prereq::ETHTOOL, prereq::IPERF3, prereq::NFT], "cargo xtask bench")?;
+    if only.as_deref().is_none_or(|o| o == "store") {
+        prereq::require(&[prereq::ETCD, prereq::ETCDCTL], "cargo xtask bench")?;
+    }
     if opts.flame {
         prereq::require(&[prereq::PERF], "cargo xtask bench --flame")?;
     }
@@ -44,13 +48,14 @@ fn main() -> Result<()> {
     );
     r.meta.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string());
     r.meta.insert("command".into(), format!("cargo xtask bench{}", if quick { " --quick" } else { "" }));
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("per-packet", progrun::run),
         ("overlay", overlay::run),
         ("services", services::run),
         ("mesh", mesh::run),
         ("gwbridge", gwbridge::run),
         ("control-plane", control::run),
+        ("store", store::run),
     ];
     let mut failed = Vec::new();
     for (name, f) in sections {
