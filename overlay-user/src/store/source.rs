@@ -371,3 +371,86 @@ impl Cache {
         Some(Version { revision: rev.to_string(), state })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Tls;
+
+    fn cfg() -> StoreConfig {
+        StoreConfig::parse("etcd://h:2379/p", Tls::default()).unwrap()
+    }
+    const NODE: &str = "[[nodes]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
+    const NET: &str = "[[networks]]\nname = \"n\"\nvni = 7\nsubnet = \"10.1.0.0/24\"\n";
+    fn ep(name: &str, ip: &str) -> String {
+        format!("[[endpoints]]\nname = \"{name}\"\nnetwork = \"n\"\nnode = \"a\"\nip = \"{ip}\"\n")
+    }
+
+    /// A view fed by events, as the watch does.
+    fn fed(events: &[(&str, Option<&str>)]) -> View {
+        let mut v = View::default();
+        for (k, val) in events {
+            v.event(k, val.map(str::as_bytes));
+        }
+        v
+    }
+
+    #[test]
+    fn events_change_the_view_only_when_the_state_changes() {
+        let mut v = fed(&[("nodes/a", Some(NODE)), ("networks/n", Some(NET))]);
+        assert!(v.event("endpoints/e1", Some(ep("e1", "10.1.0.2").as_bytes())));
+        assert!(!v.event("endpoints/e1", Some(ep("e1", "10.1.0.2").as_bytes())), "the same value again");
+        assert!(!v.event("alive/a", Some(b"{}")), "liveness keys are not state");
+        assert!(!v.event("meta/guard", Some(b"etcd:3")));
+        assert!(!v.event("endpoints/none", None), "deleting what is not there");
+        let state = v.version(&cfg()).state.unwrap();
+        assert_eq!(state.endpoints["e1"].ip.to_string(), "10.1.0.2");
+
+        // A bad value takes its object out and makes the version invalid, naming the key and
+        // the field; deleting or fixing it makes the state valid again.
+        assert!(v.event("endpoints/e1", Some(b"[[endpoints]]\nname = \"e1\"\nipp = \"1\"\n")));
+        let err = v.version(&cfg()).state.unwrap_err().to_string();
+        assert!(err.contains("endpoints/e1") && err.contains("ipp"), "{err}");
+        assert!(v.event("endpoints/e1", Some(ep("e1", "10.1.0.3").as_bytes())));
+        assert!(v.version(&cfg()).state.is_ok());
+        assert!(v.event("junk", Some(b"x")));
+        assert!(v.version(&cfg()).state.unwrap_err().to_string().contains("junk"));
+        assert!(v.event("junk", None));
+        // An event that breaks a reference is refused by validation, as the file would be.
+        assert!(v.event("networks/n", None));
+        assert!(v.version(&cfg()).state.unwrap_err().to_string().contains("unknown network"));
+    }
+
+    #[test]
+    fn a_resync_snapshot_equals_the_view_the_events_built() {
+        // The keys as a fresh snapshot reads them after the events below.
+        let events: Vec<(&str, Option<String>)> = vec![
+            ("nodes/a", Some(NODE.into())),
+            ("networks/n", Some(NET.into())),
+            ("endpoints/e1", Some(ep("e1", "10.1.0.2"))),
+            ("endpoints/e2", Some(ep("e2", "10.1.0.3"))),
+            ("endpoints/e1", None),
+            ("endpoints/e2", Some(ep("e2", "10.1.0.4"))),
+            ("alive/a", Some("{}".into())),
+        ];
+        let mut watched = View::default();
+        for (k, v) in &events {
+            watched.event(k, v.as_deref().map(str::as_bytes));
+        }
+        let mut snap = Snapshot::default();
+        for (k, v) in
+            [("nodes/a", NODE.to_string()), ("networks/n", NET.into()), ("endpoints/e2", ep("e2", "10.1.0.4"))]
+        {
+            match snapshot::classify(k, v.as_bytes()) {
+                Entry::Object(key, o) => {
+                    snap.objects.insert(key, o);
+                }
+                _ => panic!("{k} should be an object"),
+            }
+        }
+        let fresh = View::from_snapshot(snap);
+        // Equal: the resync hands nothing new to the agent.
+        assert!(fresh.objects == watched.objects && fresh.bad == watched.bad);
+        assert_eq!(fresh.version(&cfg()).state.unwrap(), watched.version(&cfg()).state.unwrap());
+    }
+}
