@@ -6,7 +6,7 @@
 //! repairs what changed under the agent (a sandbox recreated, a veth deleted), touching only what
 //! differs.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use tracing::{error, info, warn};
@@ -59,7 +59,7 @@ pub async fn run(mut source: impl StateSource, node: &str, run_dir: &Path, decap
 /// The first state to start from. A file must give one at once (the user just named it); a
 /// store may still be empty or lack this node: the agent says so once and waits, touching
 /// nothing (a datapath left by an earlier run keeps forwarding).
-pub(super) async fn first_state(source: &mut impl StateSource, node: &str) -> Result<(ClusterState, String)> {
+pub(super) async fn first_state(source: &mut impl StateSource, node: &str) -> Result<(Arc<ClusterState>, String)> {
     let mut v = source.first().await?;
     let mut said = String::new();
     loop {
@@ -90,9 +90,9 @@ enum Why {
 #[derive(Default)]
 struct Follow {
     /// The last state applied (perhaps with some endpoints failing), kept for retries and repairs.
-    good: Option<(ClusterState, String)>,
+    good: Option<(Arc<ClusterState>, String)>,
     /// A valid state that could not be applied at all yet: retried on every tick.
-    pending: Option<(ClusterState, String)>,
+    pending: Option<(Arc<ClusterState>, String)>,
     /// Last message logged for the source and for each failing endpoint.
     said: Option<String>,
     failing: BTreeMap<String, String>,
@@ -130,7 +130,7 @@ impl Follow {
         }
     }
 
-    async fn apply(&mut self, agent: &mut Agent, state: ClusterState, revision: String, why: Why) {
+    async fn apply(&mut self, agent: &mut Agent, state: Arc<ClusterState>, revision: String, why: Why) {
         match agent.reconcile(&state, &revision).await {
             Ok(r) => {
                 self.log_applied(agent, &state, &revision, &r, why);

@@ -1,18 +1,22 @@
 //! Where the desired cluster state comes from. The agent's loop sees only `StateSource`: the
 //! state file today; a key-value store or the Docker API later, without touching reconcile.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Result;
 
 use super::{record::state_hash, watch::FileWatch};
 use crate::state::{self, ClusterState, StateError};
 
-/// One version of the desired state, valid or not.
+/// One version of the desired state, valid or not. Shared: a source that validates changes
+/// incrementally keeps the state it handed on as the base of the next.
 pub struct Version {
     /// Identifies the version (recorded once applied; tests and tools wait on it).
     pub revision: String,
-    pub state: Result<ClusterState, StateError>,
+    pub state: Result<Arc<ClusterState>, StateError>,
 }
 
 #[allow(async_fn_in_trait)] // used with concrete types only: no Send bound needed
@@ -46,7 +50,7 @@ impl FileSource {
     }
 
     fn version(&mut self, text: String) -> Version {
-        let state = self.parser.parse(&text, &self.path);
+        let state = self.parser.parse(&text, &self.path).map(Arc::new);
         let revision = state_hash(&text);
         self.last_text = Some(text);
         Version { revision, state }

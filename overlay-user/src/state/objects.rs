@@ -229,6 +229,35 @@ impl Objects {
         validate(refs)
     }
 
+    /// Validation after `changed` keys changed since `prev` was validated from these objects:
+    /// incremental when only endpoints changed (see `validate::validate_endpoint_change`),
+    /// in full otherwise or when anything is wrong (so problems read as for a file).
+    pub fn validate_after(&self, prev: &ClusterState, changed: &[ObjectKey]) -> Result<ClusterState, Vec<Problem>> {
+        match self.validate_changed_endpoints(prev, changed) {
+            Some(s) => Ok(s),
+            None => self.validate(),
+        }
+    }
+
+    /// The incremental path alone: `None` when it does not apply or finds a problem.
+    fn validate_changed_endpoints(&self, prev: &ClusterState, changed: &[ObjectKey]) -> Option<ClusterState> {
+        if !changed.iter().all(|k| k.kind == Kind::Endpoint) {
+            return None;
+        }
+        let mut refs = RawRefs::default();
+        for o in self.map.values() {
+            refs.add(&o.raw);
+        }
+        // A key changed twice is checked once, as it is now.
+        let mut keys: Vec<&ObjectKey> = changed.iter().collect();
+        keys.sort();
+        keys.dedup();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        let put: Vec<&super::raw::RawEndpoint> =
+            keys.iter().filter_map(|k| self.map.get(*k)?.raw.endpoints.first()).collect();
+        super::validate::validate_endpoint_change(prev, &names, &refs, &put)
+    }
+
     /// The state file these objects make (values concatenated in file order).
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
@@ -406,5 +435,123 @@ backends = [{ endpoint = "web/1" }]
         ];
         assert!(same.apply(&bad).is_err());
         assert_eq!(same, new);
+    }
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// xorshift: reproducible without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn base(gwbridge: bool) -> String {
+        let mut s = String::new();
+        if gwbridge {
+            s += "[gwbridge]\n\n";
+        }
+        for n in 0..4 {
+            s += &format!("[[nodes]]\nname = \"n{n}\"\naddress = \"192.168.1.{}\"\n\n", n + 1);
+        }
+        s += "[[networks]]\nname = \"a\"\nvni = 10\nsubnet = \"10.1.0.0/24\"\ngateway = \"10.1.0.1\"\n\n";
+        s += "[[networks]]\nname = \"b\"\nvni = 11\nsubnet = \"10.2.0.0/24\"\ningress = true\n\n";
+        for i in 0..40 {
+            let net = if i % 2 == 0 { "a" } else { "b" };
+            let sub = if i % 2 == 0 { 1 } else { 2 };
+            s += &format!(
+                "[[endpoints]]\nname = \"e{i}\"\nnetwork = \"{net}\"\nnode = \"n{}\"\nip = \"10.{sub}.0.{}\"\nnetns = \"/run/netns/s{}\"\n\n",
+                i % 4,
+                10 + i,
+                i
+            );
+        }
+        s += "[[services]]\nname = \"web\"\nvips = [{ network = \"a\", ip = \"10.1.0.200\" }]\nports = [{ protocol = \"tcp\", target = 80 }]\nbackends = [{ endpoint = \"e0\" }, { endpoint = \"e2\" }]\n\n";
+        s += "[[services]]\nname = \"pub\"\nvips = [{ network = \"b\", ip = \"10.2.0.200\" }]\nports = [{ protocol = \"tcp\", target = 80, published = 8080 }]\nbackends = [{ endpoint = \"e1\" }]\n";
+        s
+    }
+
+    /// A random endpoint change: new or replaced (sometimes clashing or invalid), or deleted.
+    fn change(r: &mut Rng) -> Change {
+        let name = format!("e{}", r.next(48));
+        let key = ObjectKey::new(Kind::Endpoint, &name);
+        if r.next(4) == 0 {
+            return Change::Delete(key);
+        }
+        let (net, sub) = if r.next(2) == 0 { ("a", 1) } else { ("b", 2) };
+        let ip = match r.next(40) {
+            0 => "10.1.0.1".to_string(),    // a gateway
+            1 => "10.9.0.5".to_string(),    // outside
+            2 => "10.1.0.200".to_string(),  // a VIP
+            3 => "192.168.1.2".to_string(), // a node's address
+            _ => format!("10.{sub}.0.{}", 10 + r.next(240)),
+        };
+        let node = if r.next(30) == 0 { "nx".to_string() } else { format!("n{}", r.next(4)) };
+        let net = if r.next(40) == 0 { "zz" } else { net };
+        let netns = format!("/run/netns/s{}", r.next(400));
+        let ifname = if r.next(20) == 0 { "eth1" } else { "eth0" };
+        // An explicit MAC now and then, so a clashing address is not caught by its MAC alone.
+        let mac =
+            if r.next(3) == 0 { format!("mac = \"02:00:00:00:01:{:02x}\"\n", r.next(200)) } else { String::new() };
+        let text = format!(
+            "[[endpoints]]\nname = \"{name}\"\nnetwork = \"{net}\"\nnode = \"{node}\"\nip = \"{ip}\"\nnetns = \"{netns}\"\nifname = \"{ifname}\"\n{mac}"
+        );
+        Change::Put(key, text)
+    }
+
+    #[test]
+    fn incremental_validation_equals_full_validation() {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut fast_ok, mut fast_err) = (0, 0);
+        for gw in [false, true] {
+            let (mut objs, state) = Objects::from_file_text(&base(gw), Path::new("f")).unwrap();
+            let mut valid = state;
+            let mut valid_objs = objs.clone();
+            let mut changed: Vec<ObjectKey> = Vec::new();
+            for _ in 0..400 {
+                let batch: Vec<Change> = (0..1 + r.next(3)).map(|_| change(&mut r)).collect();
+                objs.apply(&batch).unwrap();
+                changed.extend(batch.iter().map(|c| match c {
+                    Change::Put(k, _) | Change::Delete(k) => k.clone(),
+                }));
+                let full = objs.validate();
+                let fast = objs.validate_changed_endpoints(&valid, &changed);
+                // The incremental path is taken exactly when the state is valid, and agrees.
+                assert_eq!(fast.is_some(), full.is_ok(), "after {batch:?}: {full:?}");
+                if let Some(f) = &fast {
+                    assert_eq!(Ok(f), full.as_ref(), "after {batch:?}");
+                }
+                let inc = objs.validate_after(&valid, &changed);
+                assert_eq!(inc, full, "after {batch:?}");
+                match inc {
+                    Ok(s) => {
+                        fast_ok += 1;
+                        valid = s;
+                        valid_objs = objs.clone();
+                        changed.clear();
+                    }
+                    Err(_) => {
+                        fast_err += 1;
+                        // Half the time the writer fixes it (back to the last valid objects);
+                        // else changes pile up on an invalid state, as in a store.
+                        if r.next(2) == 0 {
+                            objs = valid_objs.clone();
+                            changed.clear();
+                        }
+                    }
+                }
+            }
+        }
+        // Both outcomes were exercised many times.
+        assert!(fast_ok > 100 && fast_err > 100, "{fast_ok} valid, {fast_err} invalid");
     }
 }

@@ -24,17 +24,97 @@ pub(super) fn validate(raw: RawRefs<'_>) -> Result<ClusterState, Vec<Problem>> {
     let nodes = nodes(&raw.nodes, &mut p);
     let networks = networks(&raw.networks, &mut p);
     let endpoints = endpoints(&raw, &nodes, &networks, &mut p);
-    let services = services::services(&raw, vxlan_port, &nodes, &networks, &endpoints, &mut p);
     let gwbridge = super::gwbridge::gwbridge(raw.gwbridge, &nodes, &networks, &mut p);
-    if let Some(g) = &gwbridge {
-        super::gwbridge::check_endpoints(g, &endpoints, &mut p);
+    let state = ClusterState {
+        vxlan_port,
+        nodes,
+        networks,
+        endpoints,
+        services: BTreeMap::new(),
+        maglev_slots_per_backend,
+        gwbridge,
+    };
+    finish(&raw, state, p)
+}
+
+/// What depends on the endpoints as a whole: services (their backends and VIPs), the
+/// gwbridge's interface name, capacities.
+fn finish(raw: &RawRefs<'_>, mut state: ClusterState, mut p: Problems) -> Result<ClusterState, Vec<Problem>> {
+    state.services = services::services(raw, state.vxlan_port, &state.nodes, &state.networks, &state.endpoints, &mut p);
+    if let Some(g) = &state.gwbridge {
+        super::gwbridge::check_endpoints(g, &state.endpoints, &mut p);
     }
-    let state = ClusterState { vxlan_port, nodes, networks, endpoints, services, maglev_slots_per_backend, gwbridge };
     capacity(&state, &mut p);
     let ingress = state.ingress_network().map(|n| n.name.as_str());
     let published_backends = |s: &Service| services::on_ingress(&s.backends, &state.endpoints, ingress).count();
-    services::capacity(&state.services, maglev_slots_per_backend, published_backends, &mut p);
+    services::capacity(&state.services, state.maglev_slots_per_backend, published_backends, &mut p);
     p.into_result(state)
+}
+
+/// Validation after a change that touched endpoints only, from the state validated before it:
+/// only the changed endpoints are checked, against indexes of the others (whose checks depend
+/// on nothing that changed); then everything that depends on the endpoints as a whole is
+/// checked as `validate` does. `None` when a problem is found: the caller validates in full, so
+/// problems are reported exactly as for a file. The result equals `validate`'s (tested).
+pub(super) fn validate_endpoint_change(
+    prev: &ClusterState,
+    changed: &[&str],
+    raw: &RawRefs<'_>,
+    put: &[&RawEndpoint],
+) -> Option<ClusterState> {
+    let mut state = prev.clone();
+    for name in changed {
+        state.endpoints.remove(*name);
+    }
+    let mut p = Problems::default();
+    let fresh: Vec<Endpoint> = {
+        let cap = state.endpoints.len() + put.len();
+        let mut idx = Index::with_capacity(cap);
+        for e in state.endpoints.values() {
+            idx.ips.insert((e.network.as_str(), e.ip), e.name.as_str());
+            idx.macs.insert((e.network.as_str(), e.mac), e.name.as_str());
+            if let Some(ns) = e.netns.as_deref().and_then(|n| n.to_str()) {
+                idx.sandboxes.insert((e.node.as_str(), ns, e.ifname.as_str()), e.name.as_str());
+            }
+        }
+        let node_of_addr: FxHashMap<Ipv4Addr, &str> =
+            state.nodes.values().map(|n| (n.address, n.name.as_str())).collect();
+        let ctx = Ctx { raw, nodes: &state.nodes, networks: &state.networks, node_of_addr: &node_of_addr };
+        put.iter().enumerate().filter_map(|(i, e)| check_endpoint(&ctx, i, e, false, &mut idx, &mut p)).collect()
+    };
+    if p.len() > 0 {
+        return None;
+    }
+    for e in fresh {
+        state.endpoints.insert(e.name.clone(), e);
+    }
+    finish(raw, state, p).ok()
+}
+
+/// Uniqueness indexes of the endpoints checked so far. Keys borrow (the state or the raw
+/// objects): this runs for every endpoint of large clusters.
+struct Index<'a> {
+    ips: FxHashMap<(&'a str, Ipv4Addr), &'a str>,
+    macs: FxHashMap<(&'a str, [u8; 6]), &'a str>,
+    sandboxes: FxHashMap<(&'a str, &'a str, &'a str), &'a str>,
+}
+
+impl Index<'_> {
+    fn with_capacity(cap: usize) -> Self {
+        Self {
+            ips: FxHashMap::with_capacity_and_hasher(cap, Default::default()),
+            macs: FxHashMap::with_capacity_and_hasher(cap, Default::default()),
+            sandboxes: FxHashMap::default(),
+        }
+    }
+}
+
+/// What an endpoint is checked against.
+struct Ctx<'r, 'a> {
+    raw: &'r RawRefs<'a>,
+    nodes: &'r BTreeMap<String, Node>,
+    networks: &'r BTreeMap<String, Network>,
+    node_of_addr: &'r FxHashMap<Ipv4Addr, &'r str>,
 }
 
 fn cluster(c: Option<&RawCluster>, p: &mut Problems) -> u16 {
@@ -180,80 +260,86 @@ fn endpoints(
     p: &mut Problems,
 ) -> FxHashMap<String, Endpoint> {
     let node_of_addr: FxHashMap<Ipv4Addr, &str> = nodes.values().map(|n| (n.address, n.name.as_str())).collect();
-    let mut endpoints = FxHashMap::with_capacity_and_hasher(raw.endpoints.len(), Default::default());
-    // Keys borrow from the raw file: this loop runs for every endpoint of large clusters.
-    let cap = raw.endpoints.len();
-    let mut ips: FxHashMap<(&str, Ipv4Addr), &str> = FxHashMap::with_capacity_and_hasher(cap, Default::default());
-    let mut macs: FxHashMap<(&str, [u8; 6]), &str> = FxHashMap::with_capacity_and_hasher(cap, Default::default());
-    let mut sandboxes: FxHashMap<(&str, &str, &str), &str> = FxHashMap::default();
+    let mut endpoints: FxHashMap<String, Endpoint> =
+        FxHashMap::with_capacity_and_hasher(raw.endpoints.len(), Default::default());
+    let mut idx = Index::with_capacity(raw.endpoints.len());
+    let ctx = Ctx { raw, nodes, networks, node_of_addr: &node_of_addr };
     for (i, e) in raw.endpoints.iter().enumerate() {
-        // Built only when there is something to report.
-        let entry = || entry_name("endpoints", i, &e.name);
-        let before = p.len();
-        if e.name.is_empty() {
-            p.add(entry(), "name", "must not be empty");
-        } else if endpoints.contains_key(&e.name) {
-            p.add(entry(), "name", "duplicate endpoint name");
-        }
-        let network = networks.get(&e.network);
-        if network.is_none() {
-            let known =
-                if raw.networks.iter().any(|n| n.name == e.network) { " (that network is invalid)" } else { "" };
-            p.add(entry(), "network", format!("unknown network \"{}\"{known}", e.network));
-        }
-        if !nodes.contains_key(&e.node) {
-            let known = if raw.nodes.iter().any(|n| n.name == e.node) { " (that node is invalid)" } else { "" };
-            p.add(entry(), "node", format!("unknown node \"{}\"{known}", e.node));
-        }
-        let ip = parse_ipv4(&e.ip).map_err(|err| p.add(entry(), "ip", err)).ok();
-        if let (Some(ip), Some(net)) = (ip, network) {
-            if let Err(why) = endpoint_ip(ip, net, &node_of_addr) {
-                p.add(entry(), "ip", why);
-            } else if let Some(other) = ips.insert((e.network.as_str(), ip), e.name.as_str()) {
-                p.add(
-                    entry(),
-                    "ip",
-                    format!("{ip} is already used by endpoint \"{other}\" on network \"{}\"", net.name),
-                );
-            }
-        }
-        let mac = match (&e.mac, ip) {
-            (Some(m), _) => parse_mac(m).map_err(|err| p.add(entry(), "mac", err)).ok(),
-            (None, Some(ip)) => Some(default_mac(ip.octets())),
-            (None, None) => None,
-        };
-        if let (Some(mac), Some(net)) = (mac, network) {
-            if let Some(other) = macs.insert((e.network.as_str(), mac), e.name.as_str()) {
-                let m = format_mac(&mac);
-                p.add(
-                    entry(),
-                    "mac",
-                    format!("{m} is already used by endpoint \"{other}\" on network \"{}\"", net.name),
-                );
-            }
-        }
-        let netns = match e.netns.as_deref() {
-            Some(s) if !s.starts_with('/') => {
-                p.add(entry(), "netns", format!("`{s}` must be an absolute path"));
-                None
-            }
-            other => other.map(PathBuf::from),
-        };
-        let ifname = e.ifname.as_deref().unwrap_or("eth0");
-        if let Err(err) = valid_ifname(ifname) {
-            p.add(entry(), "ifname", err);
-        }
-        if let Some(ns) = e.netns.as_deref() {
-            if let Some(other) = sandboxes.insert((e.node.as_str(), ns, ifname), e.name.as_str()) {
-                p.add(entry(), "ifname", format!("`{ifname}` in {ns} is already endpoint \"{other}\"'s interface"));
-            }
-        }
-        if let (Some(ip), Some(mac), true) = (ip, mac, p.len() == before) {
-            let ep = endpoint(e, ip, mac, netns, ifname);
+        let dup = endpoints.contains_key(&e.name);
+        if let Some(ep) = check_endpoint(&ctx, i, e, dup, &mut idx, p) {
             endpoints.insert(e.name.clone(), ep);
         }
     }
     endpoints
+}
+
+/// One endpoint's own checks and its uniqueness against those in `idx` (to which it is added).
+/// `dup`: its name is taken already. `None` when it has a problem.
+fn check_endpoint<'a>(
+    ctx: &Ctx<'_, 'a>,
+    i: usize,
+    e: &'a RawEndpoint,
+    dup: bool,
+    idx: &mut Index<'a>,
+    p: &mut Problems,
+) -> Option<Endpoint> {
+    // Built only when there is something to report.
+    let entry = || entry_name("endpoints", i, &e.name);
+    let before = p.len();
+    if e.name.is_empty() {
+        p.add(entry(), "name", "must not be empty");
+    } else if dup {
+        p.add(entry(), "name", "duplicate endpoint name");
+    }
+    let network = ctx.networks.get(&e.network);
+    if network.is_none() {
+        let known =
+            if ctx.raw.networks.iter().any(|n| n.name == e.network) { " (that network is invalid)" } else { "" };
+        p.add(entry(), "network", format!("unknown network \"{}\"{known}", e.network));
+    }
+    if !ctx.nodes.contains_key(&e.node) {
+        let known = if ctx.raw.nodes.iter().any(|n| n.name == e.node) { " (that node is invalid)" } else { "" };
+        p.add(entry(), "node", format!("unknown node \"{}\"{known}", e.node));
+    }
+    let ip = parse_ipv4(&e.ip).map_err(|err| p.add(entry(), "ip", err)).ok();
+    if let (Some(ip), Some(net)) = (ip, network) {
+        if let Err(why) = endpoint_ip(ip, net, ctx.node_of_addr) {
+            p.add(entry(), "ip", why);
+        } else if let Some(other) = idx.ips.insert((e.network.as_str(), ip), e.name.as_str()) {
+            p.add(entry(), "ip", format!("{ip} is already used by endpoint \"{other}\" on network \"{}\"", net.name));
+        }
+    }
+    let mac = match (&e.mac, ip) {
+        (Some(m), _) => parse_mac(m).map_err(|err| p.add(entry(), "mac", err)).ok(),
+        (None, Some(ip)) => Some(default_mac(ip.octets())),
+        (None, None) => None,
+    };
+    if let (Some(mac), Some(net)) = (mac, network) {
+        if let Some(other) = idx.macs.insert((e.network.as_str(), mac), e.name.as_str()) {
+            let m = format_mac(&mac);
+            p.add(entry(), "mac", format!("{m} is already used by endpoint \"{other}\" on network \"{}\"", net.name));
+        }
+    }
+    let netns = match e.netns.as_deref() {
+        Some(s) if !s.starts_with('/') => {
+            p.add(entry(), "netns", format!("`{s}` must be an absolute path"));
+            None
+        }
+        other => other.map(PathBuf::from),
+    };
+    let ifname = e.ifname.as_deref().unwrap_or("eth0");
+    if let Err(err) = valid_ifname(ifname) {
+        p.add(entry(), "ifname", err);
+    }
+    if let Some(ns) = e.netns.as_deref() {
+        if let Some(other) = idx.sandboxes.insert((e.node.as_str(), ns, ifname), e.name.as_str()) {
+            p.add(entry(), "ifname", format!("`{ifname}` in {ns} is already endpoint \"{other}\"'s interface"));
+        }
+    }
+    match (ip, mac, p.len() == before) {
+        (Some(ip), Some(mac), true) => Some(endpoint(e, ip, mac, netns, ifname)),
+        _ => None,
+    }
 }
 
 fn endpoint(e: &RawEndpoint, ip: Ipv4Addr, mac: [u8; 6], netns: Option<PathBuf>, ifname: &str) -> Endpoint {

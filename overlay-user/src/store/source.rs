@@ -133,15 +133,30 @@ pub struct View {
     pub watched: i64,
     pub objects: Objects,
     pub bad: BTreeMap<String, Problem>,
+    /// The last valid state, and the objects changed since it: the base of the next
+    /// (incremental) validation.
+    valid: Option<Arc<ClusterState>>,
+    changed: Vec<ObjectKey>,
 }
 
 impl View {
     pub fn from_snapshot(s: Snapshot) -> Self {
-        Self { revision: s.state_revision, watched: s.revision, objects: s.objects, bad: s.bad }
+        Self { revision: s.state_revision, watched: s.revision, objects: s.objects, bad: s.bad, ..Default::default() }
     }
 
     /// Applies one watch event; returns whether the state changed.
     pub fn event(&mut self, rel: &str, value: Option<&[u8]>) -> bool {
+        let changed = self.apply_event(rel, value);
+        if changed {
+            // A key that is no object makes the state invalid until it goes: it needs no base.
+            if let Some(k) = ObjectKey::parse(rel) {
+                self.changed.push(k);
+            }
+        }
+        changed
+    }
+
+    fn apply_event(&mut self, rel: &str, value: Option<&[u8]>) -> bool {
         match value {
             None => {
                 let removed = ObjectKey::parse(rel).is_some_and(|k| self.objects.remove(&k));
@@ -164,13 +179,21 @@ impl View {
         }
     }
 
-    pub fn version(&self, cfg: &StoreConfig) -> Version {
+    pub fn version(&mut self, cfg: &StoreConfig) -> Version {
         let invalid = |problems| StateError::Invalid { path: cfg.url().into(), problems };
-        let state = if self.bad.is_empty() {
-            self.objects.validate().map_err(invalid)
-        } else {
+        let state = if !self.bad.is_empty() {
             Err(invalid(self.bad.values().cloned().collect()))
+        } else {
+            let r = match &self.valid {
+                Some(prev) => self.objects.validate_after(prev, &self.changed),
+                None => self.objects.validate(),
+            };
+            r.map(Arc::new).map_err(invalid)
         };
+        if let Ok(s) = &state {
+            self.valid = Some(s.clone());
+            self.changed.clear();
+        }
         Version { revision: revision_name(self.revision), state }
     }
 }
@@ -238,8 +261,13 @@ async fn follow(cfg: StoreConfig, cache: Option<PathBuf>, mailbox: Arc<Mailbox>)
         if let Some(t) = down_since.take() {
             info!(revision = snap.revision, "etcd reachable again after {:.1} s; resynced", t.elapsed().as_secs_f64());
         }
-        let fresh = View::from_snapshot(snap);
+        let mut fresh = View::from_snapshot(snap);
         let changed = view.as_ref().is_none_or(|v| v.objects != fresh.objects || v.bad != fresh.bad);
+        if let (false, Some(old)) = (changed, view.as_mut()) {
+            // The same objects: the last valid state stays the base of the next validation.
+            fresh.valid = old.valid.take();
+            fresh.changed = std::mem::take(&mut old.changed);
+        }
         let v = view.insert(fresh);
         if changed {
             publish(&cfg, v, &mailbox, cache.as_mut());
@@ -256,7 +284,7 @@ async fn follow(cfg: StoreConfig, cache: Option<PathBuf>, mailbox: Arc<Mailbox>)
     }
 }
 
-fn publish(cfg: &StoreConfig, view: &View, mailbox: &Mailbox, cache: Option<&mut Cache>) {
+fn publish(cfg: &StoreConfig, view: &mut View, mailbox: &Mailbox, cache: Option<&mut Cache>) {
     let v = view.version(cfg);
     let valid = v.state.is_ok();
     mailbox.put(v);
@@ -367,7 +395,7 @@ impl Cache {
         let text = std::fs::read_to_string(&self.path).ok()?;
         let first = text.lines().next()?;
         let rev = first.strip_prefix(&format!("# overlay state cache: {} ", cfg.url()))?;
-        let state = crate::state::parse(&text, &self.path);
+        let state = crate::state::parse(&text, &self.path).map(Arc::new);
         Some(Version { revision: rev.to_string(), state })
     }
 }
@@ -448,7 +476,7 @@ mod tests {
                 _ => panic!("{k} should be an object"),
             }
         }
-        let fresh = View::from_snapshot(snap);
+        let mut fresh = View::from_snapshot(snap);
         // Equal: the resync hands nothing new to the agent.
         assert!(fresh.objects == watched.objects && fresh.bad == watched.bad);
         assert_eq!(fresh.version(&cfg()).state.unwrap(), watched.version(&cfg()).state.unwrap());
