@@ -23,7 +23,51 @@ pub struct Etcd {
     pub address: String,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// With `start_tls`: etcd serves TLS only and requires client certificates.
+    pub tls: Option<TlsFiles>,
     proc: Option<Proc>,
+}
+
+/// A CA, etcd's server certificate (for its address and 127.0.0.1), a client certificate the
+/// CA signed, and a second CA that signed nothing etcd trusts (PEM files, made with openssl).
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TlsFiles {
+    fn make(dir: &Path, address: &str) -> Result<Self> {
+        let d = dir.display();
+        let sh = |cmd: &str| run(std::process::Command::new("sh").args(["-c", cmd]));
+        for ca in ["ca", "other-ca"] {
+            sh(&format!(
+                "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {d}/{ca}.key -out {d}/{ca}.pem 2>&1"
+            ))?;
+        }
+        for (name, ext) in [
+            ("server", format!("subjectAltName=IP:{address},IP:127.0.0.1\nextendedKeyUsage=serverAuth")),
+            ("client", "extendedKeyUsage=clientAuth".to_string()),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+            sh(&format!(
+                "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {d}/{name}.key -out {d}/{name}.csr 2>&1 && \
+                 openssl x509 -req -in {d}/{name}.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 2 \
+                 -extfile {d}/{name}.ext -out {d}/{name}.pem 2>&1"
+            ))?;
+        }
+        Ok(Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+        })
+    }
 }
 
 impl Etcd {
@@ -38,6 +82,22 @@ impl Etcd {
             address: address.to_string(),
             data: dir.join("data"),
             log: dir.join("etcd.log"),
+            tls: None,
+            proc: None,
+        };
+        e.resume()?;
+        Ok(e)
+    }
+
+    /// Like `start`, serving TLS only and requiring a client certificate signed by its CA.
+    pub fn start_tls(ns: &str, address: &str, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut e = Self {
+            ns: ns.to_string(),
+            address: address.to_string(),
+            data: dir.join("data"),
+            log: dir.join("etcd.log"),
+            tls: Some(TlsFiles::make(dir, address)?),
             proc: None,
         };
         e.resume()?;
@@ -62,11 +122,23 @@ impl Etcd {
     /// Starts etcd again on its data; returns once it answers.
     pub fn resume(&mut self) -> Result<()> {
         let a = &self.address;
+        let (scheme, tls) = match &self.tls {
+            Some(t) => (
+                "https",
+                format!(
+                    " --cert-file {} --key-file {} --trusted-ca-file {} --client-cert-auth",
+                    t.server_cert.display(),
+                    t.server_key.display(),
+                    t.ca.display()
+                ),
+            ),
+            None => ("http", String::new()),
+        };
         let cmd = format!(
-            "etcd --name t --data-dir {} --listen-client-urls http://{a}:{CLIENT_PORT},http://127.0.0.1:{CLIENT_PORT} \
-             --advertise-client-urls http://{a}:{CLIENT_PORT} --listen-peer-urls http://127.0.0.1:2380 \
+            "etcd --name t --data-dir {} --listen-client-urls {scheme}://{a}:{CLIENT_PORT},{scheme}://127.0.0.1:{CLIENT_PORT} \
+             --advertise-client-urls {scheme}://{a}:{CLIENT_PORT} --listen-peer-urls http://127.0.0.1:2380 \
              --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster t=http://127.0.0.1:2380 \
-             --max-txn-ops 1000000 --max-request-bytes 67108864 --logger zap --log-level warn",
+             --max-txn-ops 1000000 --max-request-bytes 67108864 --logger zap --log-level warn{tls}",
             self.data.display()
         );
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
@@ -80,9 +152,23 @@ impl Etcd {
 
     /// `etcdctl ARGS` against the local member; its output.
     pub fn ctl(&self, args: &str) -> Result<String> {
+        let (scheme, tls) = match &self.tls {
+            Some(t) => (
+                "https",
+                format!(
+                    "--cacert {} --cert {} --key {} ",
+                    t.ca.display(),
+                    t.client_cert.display(),
+                    t.client_key.display()
+                ),
+            ),
+            None => ("http", String::new()),
+        };
         run(&mut in_netns(
             &self.ns,
-            &format!("ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:{CLIENT_PORT} --command-timeout 5s {args}"),
+            &format!(
+                "ETCDCTL_API=3 etcdctl --endpoints {scheme}://127.0.0.1:{CLIENT_PORT} --command-timeout 5s {tls}{args}"
+            ),
         ))
     }
 

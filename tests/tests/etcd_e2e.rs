@@ -241,3 +241,59 @@ fn an_agent_waits_for_a_store_that_does_not_name_its_node_yet() {
     c.wait_applied(SETTLE).unwrap();
     assert!(c.ping("web.1", "web.2"));
 }
+
+#[test]
+fn tls_with_client_certificates() {
+    use overlay_tests::{etcd::Etcd, Netns, RunDir};
+    let dir = RunDir::new().unwrap();
+    let ns = Netns::new("etls").unwrap();
+    let etcd = Etcd::start_tls(&ns.name, "127.0.0.1", &dir.path.join("etcd")).unwrap();
+    let t = etcd.tls.as_ref().unwrap();
+    let bin = overlay_tests::overlay_bin();
+    let url = etcd.url("/overlay");
+    let state = dir.path.join("s.toml");
+    std::fs::write(
+        &state,
+        "[[nodes]]\nname = \"a\"\naddress = \"192.168.9.1\"\n\n[[networks]]\nname = \"n\"\nvni = 5\nsubnet = \"10.5.0.0/24\"\n\n\
+         [[endpoints]]\nname = \"e\"\nnetwork = \"n\"\nnode = \"a\"\nip = \"10.5.0.2\"\n",
+    )
+    .unwrap();
+    let tls = format!(
+        "--etcd-cacert {} --etcd-cert {} --etcd-key {}",
+        t.ca.display(),
+        t.client_cert.display(),
+        t.client_key.display()
+    );
+    let overlay = |args: &str| {
+        let out =
+            overlay_tests::in_netns(&ns.name, &format!("timeout 20 {} {args} 2>&1", bin.display())).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // With the CA and a client certificate: written and read back.
+    let (ok, out) = overlay(&format!("state push --state {} --store {url} {tls}", state.display()));
+    assert!(ok && out.starts_with("pushed: 3 put"), "{out}");
+    let (ok, out) = overlay(&format!("state get --store {url} {tls}"));
+    assert!(ok && out.contains("name = \"e\""), "{out}");
+    // Refused: no client certificate, a CA that did not sign etcd's certificate, plain HTTP.
+    let (ok, out) = overlay(&format!("state get --store {url} --etcd-cacert {}", t.ca.display()));
+    assert!(!ok, "no client certificate, yet: {out}");
+    let (ok, out) = overlay(&format!(
+        "state get --store {url} --etcd-cacert {} --etcd-cert {} --etcd-key {}",
+        t.other_ca.display(),
+        t.client_cert.display(),
+        t.client_key.display()
+    ));
+    assert!(!ok, "an untrusted server certificate, yet: {out}");
+    let (ok, out) = overlay(&format!("state get --store {url}"));
+    assert!(!ok, "plain HTTP to a TLS etcd, yet: {out}");
+    // An agent follows the store over TLS (without a datapath: this namespace is no node).
+    let log = dir.path.join("agent.log");
+    let _agent = overlay_tests::Proc(
+        ns.spawn(&format!("{} run --dry-run --store {url} {tls} --node a", bin.display()), &log).unwrap(),
+    );
+    assert!(
+        wait_for(SETTLE, || std::fs::read_to_string(&log).unwrap_or_default().contains("state applied (dry run)")),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -168,6 +168,7 @@ fn lint(root: &Path) -> Result<()> {
 
 fn test(root: &Path, args: &[String]) -> Result<()> {
     toolchain::ensure_packages(packages::TEST)?;
+    toolchain::ensure_packages(packages::TEST_TLS)?;
     toolchain::ensure_etcd(packages::ETCD)?;
     build(root)?;
     // The whole suite also holds the code to its style and lints; a filtered run skips them.

@@ -6,6 +6,8 @@ pub const BUILD: &[&str] = &["protobuf-compiler"];
 /// The store: a real etcd (server and etcdctl) for `cargo xtask demo --etcd`, the tests and the
 /// bench, started inside their own namespaces (the package's service is not used).
 pub const ETCD: &[&str] = &["etcd-server", "etcd-client"];
+/// `cargo xtask test` on the store: certificates for the TLS test.
+pub const TEST_TLS: &[&str] = &["openssl"];
 /// `cargo xtask demo`: namespaces and links (ip), the connectivity matrix (ping), nft (the
 /// agent masquerades docker_gwbridge traffic with it).
 pub const DEMO: &[&str] = &["iproute2", "iputils-ping", "nftables"];
