@@ -122,18 +122,14 @@ impl Etcd {
     /// Starts etcd again on its data; returns once it answers.
     pub fn resume(&mut self) -> Result<()> {
         let a = &self.address;
-        let (scheme, tls) = match &self.tls {
-            Some(t) => (
-                "https",
-                format!(
-                    " --cert-file {} --key-file {} --trusted-ca-file {} --client-cert-auth",
-                    t.server_cert.display(),
-                    t.server_key.display(),
-                    t.ca.display()
-                ),
-            ),
-            None => ("http", String::new()),
-        };
+        let (scheme, tls) = self.tls_flags(|t| {
+            format!(
+                " --cert-file {} --key-file {} --trusted-ca-file {} --client-cert-auth",
+                t.server_cert.display(),
+                t.server_key.display(),
+                t.ca.display()
+            )
+        });
         let cmd = format!(
             "etcd --name t --data-dir {} --listen-client-urls {scheme}://{a}:{CLIENT_PORT},{scheme}://127.0.0.1:{CLIENT_PORT} \
              --advertise-client-urls {scheme}://{a}:{CLIENT_PORT} --listen-peer-urls http://127.0.0.1:2380 \
@@ -150,20 +146,19 @@ impl Etcd {
         Ok(())
     }
 
+    /// The URL scheme and, with TLS, the flags `with` makes of the files.
+    fn tls_flags(&self, with: impl Fn(&TlsFiles) -> String) -> (&'static str, String) {
+        match &self.tls {
+            Some(t) => ("https", with(t)),
+            None => ("http", String::new()),
+        }
+    }
+
     /// `etcdctl ARGS` against the local member; its output.
     pub fn ctl(&self, args: &str) -> Result<String> {
-        let (scheme, tls) = match &self.tls {
-            Some(t) => (
-                "https",
-                format!(
-                    "--cacert {} --cert {} --key {} ",
-                    t.ca.display(),
-                    t.client_cert.display(),
-                    t.client_key.display()
-                ),
-            ),
-            None => ("http", String::new()),
-        };
+        let (scheme, tls) = self.tls_flags(|t| {
+            format!("--cacert {} --cert {} --key {} ", t.ca.display(), t.client_cert.display(), t.client_key.display())
+        });
         run(&mut in_netns(
             &self.ns,
             &format!(

@@ -158,15 +158,7 @@ fn measure(nodes: u32, endpoints: u32, samples: u32) -> Result<Measured> {
         let text = state(nodes, endpoints, k);
         let t = Instant::now();
         write_atomic(file, &text)?;
-        let seen = loop {
-            if endpoints_map.get(&key, 0).is_ok() {
-                break Some(t.elapsed());
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        };
+        let seen = super::until_in_map(&endpoints_map, &key, t);
         let Some(d) = seen else { bail!("change {k} never reached the datapath") };
         change_ms.push(d.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(300));

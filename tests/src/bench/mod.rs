@@ -24,3 +24,25 @@ pub struct Opts {
 pub fn out_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
 }
+
+/// Polls the pinned endpoints map until it holds `key` (every 100 µs, up to 10 s): how long
+/// after `since` it appeared. How the control-plane and store sections see a change land.
+pub(crate) fn until_in_map(
+    map: &aya::maps::HashMap<
+        &aya::maps::MapData,
+        overlay_common::maps::EndpointKey,
+        overlay_common::maps::EndpointInfo,
+    >,
+    key: &overlay_common::maps::EndpointKey,
+    since: std::time::Instant,
+) -> Option<std::time::Duration> {
+    loop {
+        if map.get(key, 0).is_ok() {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > std::time::Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}

@@ -455,15 +455,7 @@ fn measure_file(samples: u32) -> Result<FileMeasured> {
         let t_us = now_us()?;
         let t = Instant::now();
         overlay::fsutil::write_atomic(&file, text.as_bytes())?;
-        let seen = loop {
-            if endpoints_map.get(&key, 0).is_ok() {
-                break Some(t.elapsed());
-            }
-            if t.elapsed() > Duration::from_secs(10) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        };
+        let seen = super::until_in_map(&endpoints_map, &key, t);
         let Some(d) = seen else { bail!("file change {k} never reached the map") };
         m.map_ms.push(d.as_secs_f64() * 1000.0);
         let mut logged = None;
